@@ -1,0 +1,420 @@
+"""BERT-family encoders (BERT, RoBERTa, MiniLM) in Flax NNX, with their heads.
+
+The backbone exposes what the adaptive-compute methods need:
+  * `embed` then `run_layers(h, mask, start, stop)`: run any range of layers, on any subset
+    of tokens (positions are added at the embedding, so a gathered subset of hidden states
+    with its mask is a valid input to any later layer);
+  * per-layer hidden states and attention probabilities on request;
+  * `layer.ffn`, a pluggable feed-forward module (MoE layers replace it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from elang_jax.models._common import (
+    FeedForward,
+    MultiHeadAttention,
+    activation_fn,
+    check_length,
+    check_mask,
+    check_token_ids,
+    dropout,
+    mask_to_bias,
+)
+from elang_jax.models._outputs import ClassifierOutput, EncoderOutput, LMOutput
+
+
+class PositionStyle(enum.StrEnum):
+    ABSOLUTE = "absolute"  # BERT: positions 0..t-1
+    ROBERTA = "roberta"  # RoBERTa: pad_token_id + 1 + running count of non-pad tokens
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BertConfig:
+    """Configuration of a BERT-family encoder. Field names follow our conventions; see
+    `elang_jax.hf` for the mapping from and to Hugging Face `config.json`."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    classifier_dropout: float | None = None
+    pad_token_id: int = 0
+    position_style: PositionStyle = PositionStyle.ABSOLUTE
+    model_type: str = "bert"  # "bert" or "roberta": decides the classification head layout
+    num_labels: int = 2
+    add_pooler: bool = True
+    dtype: Any = None  # compute dtype; parameters stay float32
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.model_type not in ("bert", "roberta"):
+            raise ValueError(f"model_type must be 'bert' or 'roberta', got {self.model_type!r}")
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
+        activation_fn(self.hidden_act)  # raises on an unknown activation name
+        object.__setattr__(self, "position_style", PositionStyle(self.position_style))
+
+    @functools.cached_property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def max_length(self) -> int:
+        """Longest sequence the position table supports."""
+        if self.position_style is PositionStyle.ROBERTA:
+            return self.max_position_embeddings - self.pad_token_id - 1
+        return self.max_position_embeddings
+
+    def replace(self, **kw) -> BertConfig:
+        return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def tiny(cls, **kw) -> BertConfig:
+        """A few-kilobyte config for tests."""
+        base = dict(
+            vocab_size=99,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=4,
+            intermediate_size=37,
+            max_position_embeddings=64,
+        )
+        return cls(**{**base, **kw})
+
+    @classmethod
+    def minilm_l6(cls, **kw) -> BertConfig:
+        """all-MiniLM-L6-v2 / MiniLM-L6-H384."""
+        base = dict(
+            vocab_size=30522,
+            hidden_size=384,
+            num_layers=6,
+            num_heads=12,
+            intermediate_size=1536,
+        )
+        return cls(**{**base, **kw})
+
+    @classmethod
+    def bert_base(cls, **kw) -> BertConfig:
+        base = dict(
+            vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072
+        )
+        return cls(**{**base, **kw})
+
+
+def _layer_norm(config: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        config.hidden_size, epsilon=config.layer_norm_eps, dtype=config.dtype, rngs=rngs
+    )
+
+
+class BertEmbeddings(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        d = config.hidden_size
+        self.word = nnx.Embed(config.vocab_size, d, dtype=config.dtype, rngs=rngs)
+        self.position = nnx.Embed(config.max_position_embeddings, d, dtype=config.dtype, rngs=rngs)
+        self.token_type = nnx.Embed(config.type_vocab_size, d, dtype=config.dtype, rngs=rngs)
+        self.norm = _layer_norm(config, rngs)
+        self.config = config
+
+    def position_ids(self, input_ids: Int[Array, "b t"]) -> Int[Array, "b t"]:
+        t = input_ids.shape[1]
+        if self.config.position_style is PositionStyle.ROBERTA:
+            # Same rule as Hugging Face: padding tokens sit at pad_token_id, real tokens count
+            # up from pad_token_id + 1.
+            not_pad = (input_ids != self.config.pad_token_id).astype(jnp.int32)
+            return jnp.cumsum(not_pad, axis=1) * not_pad + self.config.pad_token_id
+        return jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), input_ids.shape)
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "b t"],
+        token_type_ids: Int[Array, "b t"] | None = None,
+        position_ids: Int[Array, "b t"] | None = None,
+        *,
+        rngs: nnx.Rngs | None = None,
+    ) -> Float[Array, "b t d"]:
+        if position_ids is None:
+            position_ids = self.position_ids(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        h = self.word(input_ids) + self.position(position_ids) + self.token_type(token_type_ids)
+        return dropout(self.norm(h), self.config.hidden_dropout, rngs)
+
+
+class BertLayer(nnx.Module):
+    """Post-norm transformer layer: h = LN(h + Attn(h)); h = LN(h + FFN(h))."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.attention = MultiHeadAttention(
+            config.hidden_size,
+            config.num_heads,
+            config.head_dim,
+            use_bias=True,
+            scale=1.0 / math.sqrt(config.head_dim),
+            dtype=config.dtype,
+            rngs=rngs,
+        )
+        self.attention_norm = _layer_norm(config, rngs)
+        self.ffn = FeedForward(
+            config.hidden_size,
+            config.intermediate_size,
+            activation=config.hidden_act,
+            dtype=config.dtype,
+            rngs=rngs,
+        )
+        self.ffn_norm = _layer_norm(config, rngs)
+        self.hidden_dropout = config.hidden_dropout
+        self.attention_dropout = config.attention_dropout
+
+    def __call__(
+        self,
+        h: Float[Array, "b t d"],
+        bias: Float[Array, "b 1 1 t"] | None,
+        *,
+        return_probs: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[Float[Array, "b t d"], Float[Array, "b h t t"] | None]:
+        # Attention-probability dropout is folded into the output dropout: HF drops the
+        # probabilities themselves; the difference only matters in training.
+        attn, probs = self.attention(h, bias, return_probs=return_probs)
+        h = self.attention_norm(h + dropout(attn, self.hidden_dropout, rngs))
+        h = self.ffn_norm(h + dropout(self.ffn(h), self.hidden_dropout, rngs))
+        return h, probs
+
+
+class BertModel(nnx.Module):
+    """The encoder backbone: embeddings, a stack of `BertLayer`s, an optional pooler."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embeddings = BertEmbeddings(config, rngs=rngs)
+        self.layers = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.pooler = (
+            nnx.Linear(config.hidden_size, config.hidden_size, dtype=config.dtype, rngs=rngs)
+            if config.add_pooler
+            else None
+        )
+
+    def check_inputs(
+        self,
+        input_ids: Int[Array, "b t"],
+        attention_mask: Int[Array, "b t"] | None = None,
+        token_type_ids: Int[Array, "b t"] | None = None,
+    ) -> None:
+        """Shape, dtype and (for concrete arrays) value checks with messages that name them."""
+        check_token_ids(input_ids, self.config.vocab_size)
+        check_length(input_ids.shape[1], self.config.max_length)
+        if attention_mask is not None:
+            check_mask(attention_mask, input_ids.shape)
+        if token_type_ids is not None:
+            check_mask(token_type_ids, input_ids.shape, "token_type_ids")
+            check_token_ids(token_type_ids, self.config.type_vocab_size, "token_type_ids")
+
+    def embed(
+        self,
+        input_ids: Int[Array, "b t"],
+        token_type_ids: Int[Array, "b t"] | None = None,
+        position_ids: Int[Array, "b t"] | None = None,
+        *,
+        rngs: nnx.Rngs | None = None,
+    ) -> Float[Array, "b t d"]:
+        return self.embeddings(input_ids, token_type_ids, position_ids, rngs=rngs)
+
+    def run_layers(
+        self,
+        h: Float[Array, "b t d"],
+        attention_mask: Int[Array, "b t"] | None,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> EncoderOutput:
+        """Runs layers [start, stop) on hidden states `h` (any subset of a sequence's tokens).
+
+        `hidden_states`, when asked for, holds the input `h` followed by each layer's output.
+        """
+        stop = len(self.layers) if stop is None else stop
+        if not 0 <= start <= stop <= len(self.layers):
+            raise ValueError(f"layer range [{start}, {stop}) is outside [0, {len(self.layers)}]")
+        bias = None if attention_mask is None else mask_to_bias(attention_mask, jnp.float32)
+        hiddens, attns = [h], []
+        for layer in self.layers[start:stop]:
+            h, probs = layer(h, bias, return_probs=output_attentions, rngs=rngs)
+            hiddens.append(h)
+            attns.append(probs)
+        return EncoderOutput(
+            last_hidden_state=h,
+            hidden_states=tuple(hiddens) if output_hidden_states else None,
+            attentions=tuple(attns) if output_attentions else None,
+        )
+
+    def pool(self, h: Float[Array, "b t d"]) -> Float[Array, "b d"]:
+        if self.pooler is None:
+            raise ValueError("this model was built without a pooler (add_pooler=False)")
+        return jnp.tanh(self.pooler(h[:, 0]))
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "b t"],
+        attention_mask: Int[Array, "b t"] | None = None,
+        token_type_ids: Int[Array, "b t"] | None = None,
+        position_ids: Int[Array, "b t"] | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> EncoderOutput:
+        self.check_inputs(input_ids, attention_mask, token_type_ids)
+        h = self.embed(input_ids, token_type_ids, position_ids, rngs=rngs)
+        out = self.run_layers(
+            h,
+            attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            rngs=rngs,
+        )
+        if self.pooler is not None:
+            out = out.replace(pooled=self.pool(out.last_hidden_state))
+        return out
+
+
+class ClassificationHead(nnx.Module):
+    """Maps the [b t d] final hidden states to [b c] logits.
+
+    BERT: pooler (tanh dense on token 0) then a linear classifier; the pooler belongs to the
+    backbone. RoBERTa: its own dense + tanh + out_proj on token 0, no pooler.
+    """
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        d, c = config.hidden_size, config.num_labels
+        self.roberta_style = config.model_type == "roberta"
+        self.dense = nnx.Linear(d, d, dtype=config.dtype, rngs=rngs) if self.roberta_style else None
+        self.out = nnx.Linear(d, c, dtype=config.dtype, rngs=rngs)
+        rate = config.classifier_dropout
+        self.dropout = config.hidden_dropout if rate is None else rate
+
+    def __call__(
+        self, h: Float[Array, "b t d"], backbone: BertModel, *, rngs: nnx.Rngs | None = None
+    ) -> Float[Array, "b c"]:
+        if self.dense is not None:
+            x = dropout(h[:, 0], self.dropout, rngs)
+            x = jnp.tanh(self.dense(x))
+        else:
+            x = backbone.pool(h)
+        return self.out(dropout(x, self.dropout, rngs)).astype(jnp.float32)
+
+
+class BertForSequenceClassification(nnx.Module):
+    """Encoder plus classification head (BertForSequenceClassification or
+    RobertaForSequenceClassification layouts)."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        if config.model_type == "roberta" and config.add_pooler:
+            config = config.replace(add_pooler=False)
+        if config.model_type == "bert" and not config.add_pooler:
+            raise ValueError("BERT sequence classification needs the pooler (add_pooler=True)")
+        self.config = config
+        self.encoder = BertModel(config, rngs=rngs)
+        self.head = ClassificationHead(config, rngs=rngs)
+
+    def classify(
+        self, h: Float[Array, "b t d"], *, rngs: nnx.Rngs | None = None
+    ) -> Float[Array, "b c"]:
+        """Logits from any layer's hidden states (used by exits and cascades)."""
+        return self.head(h, self.encoder, rngs=rngs)
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "b t"],
+        attention_mask: Int[Array, "b t"] | None = None,
+        token_type_ids: Int[Array, "b t"] | None = None,
+        position_ids: Int[Array, "b t"] | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> ClassifierOutput:
+        enc = self.encoder(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            rngs=rngs,
+        )
+        logits = self.classify(enc.last_hidden_state, rngs=rngs)
+        return ClassifierOutput(logits=logits, encoder=enc)
+
+
+class BertForMaskedLM(nnx.Module):
+    """Encoder plus masked-LM head; the decoder matrix is tied to the word embeddings."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        config = config.replace(add_pooler=False)
+        self.config = config
+        self.encoder = BertModel(config, rngs=rngs)
+        d = config.hidden_size
+        self.transform = nnx.Linear(d, d, dtype=config.dtype, rngs=rngs)
+        self.transform_norm = _layer_norm(config, rngs)
+        self.bias = nnx.Param(jnp.zeros((config.vocab_size,), jnp.float32))
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "b t"],
+        attention_mask: Int[Array, "b t"] | None = None,
+        token_type_ids: Int[Array, "b t"] | None = None,
+        position_ids: Int[Array, "b t"] | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> LMOutput:
+        enc = self.encoder(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            rngs=rngs,
+        )
+        x = activation_fn(self.config.hidden_act)(self.transform(enc.last_hidden_state))
+        x = self.transform_norm(x)
+        # [b t d] x [v d] -> [b t v]
+        logits = self.encoder.embeddings.word.attend(x) + self.bias[...]
+        return LMOutput(
+            logits=logits.astype(jnp.float32),
+            hidden_states=enc.hidden_states,
+            attentions=enc.attentions,
+        )
+
+
+def num_parameters(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

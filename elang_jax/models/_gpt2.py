@@ -1,0 +1,608 @@
+"""GPT-2 decoder in Flax NNX: backbone, causal-LM head, KV-cached greedy generation.
+
+The backbone exposes what the adaptive-compute methods need:
+  * `embed` then `run_layers(h, mask, start, stop, positions=...)`: run any range of layers on
+    any subset of tokens. Positions enter twice: the learned position embedding is added at
+    `embed`, and the causal mask is built from `positions` (each token's original index), so a
+    gathered subset of hidden states with its positions is a valid input to any later layer;
+  * per-layer hidden states and attention probabilities on request;
+  * `layer.ffn`, a pluggable feed-forward module (MoE layers replace it);
+  * a functional KV cache: `init_cache` returns one `KVCache` per layer, every call that takes
+    a cache returns the updated one, and no NNX state changes during decoding, so the decode
+    loop runs inside `jax.jit` / `lax.while_loop`.
+
+Shape names follow `elang_jax.models._common` (b t s d h k f v l c); `n` is the number of new
+tokens in generation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from elang_jax.models._common import (
+    FeedForward,
+    KVCache,
+    MultiHeadAttention,
+    activation_fn,
+    check_length,
+    check_mask,
+    check_token_ids,
+    dropout,
+    is_concrete,
+    update_cache,
+)
+from elang_jax.models._outputs import EncoderOutput, LMOutput
+
+# One KVCache per layer of the whole stack (also when only a range of layers runs).
+Cache = tuple[KVCache, ...]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GPT2Config:
+    """Configuration of a GPT-2 decoder. Field names follow Hugging Face's `GPT2Config`
+    except the dropout rates; see `elang_jax.hf` for the mapping to and from config.json."""
+
+    vocab_size: int
+    n_positions: int = 1024
+    n_embd: int = 768
+    n_layer: int = 12
+    n_head: int = 12
+    n_inner: int | None = None  # None: 4 * n_embd
+    activation_function: str = "gelu_new"
+    resid_dropout: float = 0.1
+    embd_dropout: float = 0.1
+    attn_dropout: float = 0.1
+    layer_norm_epsilon: float = 1e-5
+    bos_token_id: int | None = 50256
+    eos_token_id: int | None = 50256
+    pad_token_id: int | None = None  # None: generation pads with eos_token_id, as HF does
+    dtype: Any = None  # compute dtype; parameters stay float32
+
+    def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.n_inner is not None and self.n_inner <= 0:
+            raise ValueError(f"n_inner must be positive or None, got {self.n_inner}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        for name in ("resid_dropout", "embd_dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        # Token ids may lie outside the vocabulary (HF's default GPT2Config keeps 50256 for
+        # tiny test vocabularies): such an eos is simply never generated.
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0 or None, got {value}")
+        activation_fn(self.activation_function)  # raises on an unknown activation name
+
+    @functools.cached_property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @functools.cached_property
+    def d_ff(self) -> int:
+        return 4 * self.n_embd if self.n_inner is None else self.n_inner
+
+    @property
+    def generation_pad_id(self) -> int:
+        """Token emitted after EOS: pad_token_id, else eos_token_id, else 0."""
+        for value in (self.pad_token_id, self.eos_token_id):
+            if value is not None:
+                return value
+        return 0
+
+    def replace(self, **kw) -> GPT2Config:
+        return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def tiny(cls, **kw) -> GPT2Config:
+        """A few-kilobyte config for tests; bos = eos = the last vocabulary id."""
+        base = dict(vocab_size=99, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+        merged = {**base, **kw}
+        for name in ("bos_token_id", "eos_token_id"):
+            merged.setdefault(name, merged["vocab_size"] - 1)
+        return cls(**merged)
+
+    @classmethod
+    def gpt2_small(cls, **kw) -> GPT2Config:
+        """GPT-2 small (124M parameters), the `gpt2` checkpoint."""
+        base = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
+        return cls(**{**base, **kw})
+
+
+@flax.struct.dataclass
+class DecoderOutput(EncoderOutput):
+    """`EncoderOutput` of a decoder stack plus the updated KV cache (None without a cache).
+
+    Attention probabilities are [b h t s] where s is t without a cache and c with one.
+    """
+
+    cache: Cache | None = None
+
+
+def causal_bias(
+    query_positions: Int[Array, "b t"],
+    key_positions: Int[Array, "b s"],
+    key_mask: Int[Array, "b s"] | None = None,
+) -> Float[Array, "b 1 t s"]:
+    """Additive bias letting each query see keys at positions <= its own that are not padding.
+
+    Built from positions, not array indices, so that a gathered (even reordered) subset of
+    tokens keeps exactly the attention pattern it had in the full sequence.
+    """
+    # [b t s]
+    allowed = key_positions[:, None, :] <= query_positions[:, :, None]
+    if key_mask is not None:
+        allowed = allowed & key_mask[:, None, :].astype(bool)
+    # [b 1 t s]; a query with no visible key (left padding) gets a uniform, finite softmax.
+    return jnp.where(allowed[:, None], 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+def _layer_norm(config: GPT2Config, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        config.n_embd, epsilon=config.layer_norm_epsilon, dtype=config.dtype, rngs=rngs
+    )
+
+
+class GPT2Block(nnx.Module):
+    """Pre-norm layer: h = h + Attn(LN(h)); h = h + FFN(LN(h))."""
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        self.ln_1 = _layer_norm(config, rngs)
+        self.attention = MultiHeadAttention(
+            config.n_embd,
+            config.n_head,
+            config.head_dim,
+            use_bias=True,
+            scale=1.0 / math.sqrt(config.head_dim),
+            dtype=config.dtype,
+            rngs=rngs,
+        )
+        self.ln_2 = _layer_norm(config, rngs)
+        self.ffn = FeedForward(
+            config.n_embd,
+            config.d_ff,
+            activation=config.activation_function,
+            dtype=config.dtype,
+            rngs=rngs,
+        )
+        self.resid_dropout = config.resid_dropout
+
+    def __call__(
+        self,
+        h: Float[Array, "b t d"],
+        bias: Float[Array, "b 1 t s"],
+        *,
+        cache: KVCache | None = None,
+        cache_index: Int[Array, ""] | int | None = None,
+        return_probs: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> tuple[Float[Array, "b t d"], Float[Array, "b h t s"] | None, KVCache | None]:
+        x = self.ln_1(h)
+        k, v = self.attention.project_kv(x)
+        if cache is not None:
+            # The new keys land in their slots first, so the queries see themselves.
+            cache = update_cache(cache, k, v, cache_index)
+            k, v = cache.key, cache.value
+        # Attention-probability dropout (attn_dropout) is folded into the residual dropout,
+        # as in BertLayer: HF drops the probabilities themselves; only training differs.
+        attn, probs = self.attention(x, bias, kv=(k, v), return_probs=return_probs)
+        h = h + dropout(attn, self.resid_dropout, rngs)
+        h = h + dropout(self.ffn(self.ln_2(h)), self.resid_dropout, rngs)
+        return h, probs, cache
+
+
+class GPT2Model(nnx.Module):
+    """The decoder backbone: token and position embeddings, `GPT2Block`s, final norm `ln_f`."""
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        self.config = config
+        init = nnx.initializers.normal(0.02)  # GPT-2's initializer_range
+        kw = dict(dtype=config.dtype, embedding_init=init, rngs=rngs)
+        self.wte = nnx.Embed(config.vocab_size, config.n_embd, **kw)
+        self.wpe = nnx.Embed(config.n_positions, config.n_embd, **kw)
+        self.layers = nnx.List([GPT2Block(config, rngs=rngs) for _ in range(config.n_layer)])
+        self.ln_f = _layer_norm(config, rngs)
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def check_inputs(
+        self,
+        input_ids: Int[Array, "b t"],
+        attention_mask: Int[Array, "b t"] | Int[Array, "b c"] | None = None,
+        position_ids: Int[Array, "b t"] | None = None,
+        *,
+        cache: Cache | None = None,
+        cache_index: Int[Array, ""] | int | None = None,
+    ) -> None:
+        """Shape, dtype and (for concrete arrays) value checks with messages that name them."""
+        check_token_ids(input_ids, self.config.vocab_size)
+        b, t = input_ids.shape
+        check_length(t, self.config.n_positions)
+        if position_ids is not None:
+            check_mask(position_ids, (b, t), "position_ids")
+            check_token_ids(position_ids, self.config.n_positions, "position_ids")
+        if cache is None:
+            if cache_index is not None:
+                raise ValueError("cache_index was given without a cache")
+            if attention_mask is not None:
+                check_mask(attention_mask, (b, t))
+            return
+        c = self.check_cache(cache, b)
+        if cache_index is None:
+            raise ValueError("a cache needs cache_index, the slot of the first new token")
+        if is_concrete(cache_index):
+            index = int(cache_index)
+            if index < 0 or index + t > c:
+                raise ValueError(
+                    f"writing {t} tokens at cache_index {index} overflows the cache of length {c}"
+                )
+        if attention_mask is not None:
+            # With a cache the mask covers every cache slot: padding of the prompt, 1 for
+            # every real or future token (slots not yet written are hidden causally).
+            check_mask(attention_mask, (b, c), "attention_mask (one entry per cache slot)")
+
+    def check_cache(self, cache: Cache, batch: int) -> int:
+        """Checks the cache's structure against the model; returns its length c."""
+        if len(cache) != len(self.layers):
+            raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}")
+        want = (batch, None, self.config.n_head, self.config.head_dim)
+        shape = tuple(cache[0].key.shape)
+        if len(shape) != 4 or any(w is not None and w != s for w, s in zip(want, shape)):
+            raise ValueError(
+                f"cache entries must have shape [batch={batch}, length, {self.config.n_head}, "
+                f"{self.config.head_dim}], got {shape}"
+            )
+        return shape[1]
+
+    def init_cache(self, batch: int, max_length: int) -> Cache:
+        """An empty cache for `max_length` tokens (prompt plus generated), one entry per layer."""
+        check_length(max_length, self.config.n_positions, "cache")
+        dtype = self.config.dtype or jnp.float32
+        # [b c h k]
+        shape = (batch, max_length, self.config.n_head, self.config.head_dim)
+        return tuple(
+            KVCache(key=jnp.zeros(shape, dtype), value=jnp.zeros(shape, dtype))
+            for _ in self.layers
+        )
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    def embed(
+        self,
+        input_ids: Int[Array, "b t"],
+        position_ids: Int[Array, "b t"] | None = None,
+        *,
+        rngs: nnx.Rngs | None = None,
+    ) -> Float[Array, "b t d"]:
+        """Token plus position embeddings; positions default to 0..t-1."""
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(
+                jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape
+            )
+        h = self.wte(input_ids) + self.wpe(position_ids)
+        return dropout(h, self.config.embd_dropout, rngs)
+
+    def run_layers(
+        self,
+        h: Float[Array, "b t d"],
+        attention_mask: Int[Array, "b t"] | Int[Array, "b c"] | None,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        positions: Int[Array, "b t"] | None = None,
+        cache: Cache | None = None,
+        cache_index: Int[Array, ""] | int | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> DecoderOutput:
+        """Runs layers [start, stop) on hidden states `h` (any subset of a sequence's tokens).
+
+        Args:
+          attention_mask: [b t] keep-mask of the tokens in `h`; with a cache, [b c], one entry
+            per cache slot.
+          positions: [b t] each token's position in the original sequence (without a cache)
+            or its cache slot (with one), used only for causality. Default 0..t-1, or
+            cache_index..cache_index+t-1 with a cache. Token pruning passes the positions of
+            the tokens it kept; they need not be sorted.
+          cache: the whole stack's cache (one entry per layer); entries [start, stop) are
+            updated at slots cache_index..cache_index+t-1 and returned in `.cache`.
+
+        Returns:
+          `DecoderOutput` with the last layer's raw output (no final norm); `hidden_states`,
+          when asked for, holds the input `h` followed by each layer's output.
+        """
+        n = len(self.layers)
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"layer range [{start}, {stop}) is outside [0, {n}]")
+        b, t = h.shape[:2]
+        if positions is not None:
+            check_mask(positions, (b, t), "positions")
+        if cache is None:
+            if cache_index is not None:
+                raise ValueError("cache_index was given without a cache")
+            if attention_mask is not None:
+                check_mask(attention_mask, (b, t))
+            query_pos = (
+                jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+                if positions is None
+                else positions
+            )
+            key_pos = query_pos
+        else:
+            if cache_index is None:
+                raise ValueError("a cache needs cache_index, the slot of the first new token")
+            c = self.check_cache(cache, b)
+            if attention_mask is not None:
+                check_mask(attention_mask, (b, c), "attention_mask (one entry per cache slot)")
+            query_pos = (
+                jnp.broadcast_to(cache_index + jnp.arange(t, dtype=jnp.int32), (b, t))
+                if positions is None
+                else positions
+            )
+            key_pos = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (b, c))
+        bias = causal_bias(query_pos, key_pos, attention_mask)
+
+        new_cache = None if cache is None else list(cache)
+        hiddens, attns = [h], []
+        for i in range(start, stop):
+            h, probs, layer_cache = self.layers[i](
+                h,
+                bias,
+                cache=None if cache is None else cache[i],
+                cache_index=cache_index,
+                return_probs=output_attentions,
+                rngs=rngs,
+            )
+            if new_cache is not None:
+                new_cache[i] = layer_cache
+            hiddens.append(h)
+            attns.append(probs)
+        return DecoderOutput(
+            last_hidden_state=h,
+            hidden_states=tuple(hiddens) if output_hidden_states else None,
+            attentions=tuple(attns) if output_attentions else None,
+            cache=None if new_cache is None else tuple(new_cache),
+        )
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "b t"],
+        attention_mask: Int[Array, "b t"] | Int[Array, "b c"] | None = None,
+        position_ids: Int[Array, "b t"] | None = None,
+        *,
+        cache: Cache | None = None,
+        cache_index: Int[Array, ""] | int | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> DecoderOutput:
+        """Full stack plus `ln_f`.
+
+        `position_ids` (for the position embedding) default to 0..t-1, offset by cache_index
+        with a cache, as in Hugging Face; left-padded batches should pass cumsum(mask) - 1.
+        As in Hugging Face, the last entry of `hidden_states` is after `ln_f`.
+        """
+        self.check_inputs(
+            input_ids, attention_mask, position_ids, cache=cache, cache_index=cache_index
+        )
+        if position_ids is None:
+            offset = 0 if cache is None else cache_index
+            position_ids = jnp.broadcast_to(
+                offset + jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape
+            )
+        h = self.embed(input_ids, position_ids, rngs=rngs)
+        out = self.run_layers(
+            h,
+            attention_mask,
+            cache=cache,
+            cache_index=cache_index,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            rngs=rngs,
+        )
+        last = self.ln_f(out.last_hidden_state)
+        hidden = None if out.hidden_states is None else (*out.hidden_states[:-1], last)
+        return out.replace(last_hidden_state=last, hidden_states=hidden)
+
+
+class GPT2LMHeadModel(nnx.Module):
+    """GPT-2 backbone plus the LM head, tied to the token embedding `transformer.wte`."""
+
+    def __init__(self, config: GPT2Config, *, rngs: nnx.Rngs):
+        self.config = config
+        self.transformer = GPT2Model(config, rngs=rngs)
+
+    def logits(
+        self, h: Float[Array, "b t d"], *, apply_final_norm: bool = True
+    ) -> Float[Array, "b t v"]:
+        """Float32 logits from hidden states; exits pass any layer's raw output, which goes
+        through the shared final norm `ln_f` first."""
+        if apply_final_norm:
+            h = self.transformer.ln_f(h)
+        # [b t d] x [v d] -> [b t v]
+        return self.transformer.wte.attend(h).astype(jnp.float32)
+
+    def init_cache(self, batch: int, max_length: int) -> Cache:
+        return self.transformer.init_cache(batch, max_length)
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "b t"],
+        attention_mask: Int[Array, "b t"] | Int[Array, "b c"] | None = None,
+        position_ids: Int[Array, "b t"] | None = None,
+        *,
+        cache: Cache | None = None,
+        cache_index: Int[Array, ""] | int | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        rngs: nnx.Rngs | None = None,
+    ) -> LMOutput:
+        """Next-token logits for every position.
+
+        Without a cache, `attention_mask` is [b t]. With a cache (from `init_cache`) the new
+        tokens are written at slots cache_index..cache_index+t-1, `attention_mask` is [b c]
+        (one entry per slot) and the updated cache is returned in `.cache`; the input cache
+        is not modified, so the call is pure and can run inside `jit` and loops.
+        """
+        out = self.transformer(
+            input_ids,
+            attention_mask,
+            position_ids,
+            cache=cache,
+            cache_index=cache_index,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            rngs=rngs,
+        )
+        return LMOutput(
+            logits=self.logits(out.last_hidden_state, apply_final_norm=False),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            cache=out.cache,
+        )
+
+    def generate(
+        self,
+        input_ids: Int[Array, "b t"],
+        attention_mask: Int[Array, "b t"] | None = None,
+        max_new_tokens: int = 20,
+        *,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+    ) -> Int[Array, "b n"]:
+        """Greedy decoding with a KV cache, compiled once per (shapes, max_new_tokens).
+
+        Prompts must be left-padded; positions are cumsum(mask) - 1 as in Hugging Face's
+        `generate`. After a sequence emits EOS it emits the pad id (pad_token_id, else
+        eos_token_id), so the output always has `max_new_tokens` columns.
+
+        Works eagerly and inside `jax.jit` on a module rebuilt with `nnx.merge` (the checks
+        on values are then skipped). `greedy_decode` is the same loop as a pure function
+        without checks or its own `jit`.
+
+        Args:
+          eos_token_id, pad_token_id: override the config's ids (None: use the config).
+
+        Returns:
+          int32 [b n] generated tokens, the prompt not included.
+        """
+        check_token_ids(input_ids, self.config.vocab_size)
+        b, t = input_ids.shape
+        if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        check_length(t + max_new_tokens, self.config.n_positions, "prompt + max_new_tokens")
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        check_mask(attention_mask, (b, t))
+        if is_concrete(attention_mask) and not np.all(np.asarray(attention_mask)[:, -1]):
+            raise ValueError(
+                "generate needs left-padded prompts: the last column of attention_mask must be "
+                "1 for every row (pad on the left, as Hugging Face does for decoder-only models)"
+            )
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        pad = self.config.generation_pad_id if pad_token_id is None else pad_token_id
+        graphdef, state = nnx.split(self)
+        return _generate_jit(
+            graphdef,
+            state,
+            jnp.asarray(input_ids, jnp.int32),
+            jnp.asarray(attention_mask, jnp.int32),
+            max_new_tokens=int(max_new_tokens),
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+
+
+def greedy_decode(
+    model: GPT2LMHeadModel,
+    input_ids: Int[Array, "b t"],
+    attention_mask: Int[Array, "b t"],
+    max_new_tokens: int,
+    *,
+    eos_token_id: int | None,
+    pad_token_id: int,
+) -> Int[Array, "b n"]:
+    """The greedy decode loop as a pure function of the model (no checks, no `jit` of its
+    own): prefill the cache with the left-padded prompt, then one token per
+    `lax.while_loop` step, stopping early once every row has emitted EOS."""
+    b, t = input_ids.shape
+    n = max_new_tokens
+    mask = attention_mask.astype(jnp.int32)
+    # [b t]; padding gets position 0 (any valid id: padding is never attended to).
+    position_ids = jnp.where(mask == 1, jnp.cumsum(mask, axis=1) - 1, 0)
+    # [b (t + n)]: every generated token is real.
+    full_mask = jnp.concatenate([mask, jnp.ones((b, n), jnp.int32)], axis=1)
+
+    prefill = model(
+        input_ids,
+        full_mask,
+        position_ids,
+        cache=model.init_cache(b, t + n),
+        cache_index=0,
+    )
+    # Left padding puts every row's last real token in the last column.
+    first = jnp.argmax(prefill.logits[:, -1], axis=-1).astype(jnp.int32)
+    done = _is_eos(first, eos_token_id)
+    tokens = jnp.full((b, n), pad_token_id, jnp.int32).at[:, 0].set(first)
+
+    def cond(carry):
+        i, _, _, _, _, done = carry
+        return (i < n) & ~jnp.all(done)
+
+    def step(carry):
+        i, tokens, cache, prev, pos, done = carry
+        # Token i - 1 goes into slot t + i - 1; its logits give token i.
+        out = model(
+            prev[:, None],
+            full_mask,
+            pos[:, None] + 1,
+            cache=cache,
+            cache_index=t + i - 1,
+        )
+        nxt = jnp.argmax(out.logits[:, 0], axis=-1).astype(jnp.int32)
+        nxt = jnp.where(done, pad_token_id, nxt)
+        # [b 1] column i of the output
+        tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, i))
+        return i + 1, tokens, out.cache, nxt, pos + 1, done | _is_eos(nxt, eos_token_id)
+
+    carry = (jnp.int32(1), tokens, prefill.cache, first, position_ids[:, -1], done)
+    return jax.lax.while_loop(cond, step, carry)[1]
+
+
+def _is_eos(tokens: Int[Array, " b"], eos_token_id: int | None) -> jax.Array:
+    if eos_token_id is None:
+        return jnp.zeros(tokens.shape, bool)
+    return tokens == eos_token_id
+
+
+@functools.partial(
+    jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_token_id", "pad_token_id")
+)
+def _generate_jit(
+    graphdef, state, input_ids, attention_mask, *, max_new_tokens, eos_token_id, pad_token_id
+):
+    # split + jit + merge is the cheapest way to call a module under jit (docs/stack.md).
+    model = nnx.merge(graphdef, state)
+    return greedy_decode(
+        model,
+        input_ids,
+        attention_mask,
+        max_new_tokens,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )

