@@ -3,6 +3,7 @@ ranges, token subsets, checkpoint round trips and input errors."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -56,6 +57,27 @@ def model(hf_dir):
     return from_pretrained(hf_dir[0])
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "method", "static"))
+def _jitted(graphdef, state, args, kwargs, *, method, static):
+    fn = nnx.merge(graphdef, state)
+    for name in method.split("."):
+        fn = getattr(fn, name)
+    return fn(*args, **kwargs, **dict(static))
+
+
+def jit_call(model, method, *args, **kwargs):
+    """`model.<method>(*args, **kwargs)` under `jit`, Python bools and ints static.
+
+    On CPU one compiled forward per shape costs far less than eager op-by-op dispatch, which
+    compiles every primitive separately. Checks on values (ids, cache_index) run eagerly
+    only, so the error tests call the model directly.
+    """
+    static = tuple(sorted((k, v) for k, v in kwargs.items() if isinstance(v, bool | int)))
+    dynamic = {k: v for k, v in kwargs.items() if not isinstance(v, bool | int)}
+    graphdef, state = nnx.split(model)
+    return _jitted(graphdef, state, args, dynamic, method=method, static=static)
+
+
 def _batch(seed=0, b=3, t=9, pads=(0, 3, 5)):
     """Random ids with left padding of `pads[i]` tokens in row i, and the matching mask."""
     ids = np.random.RandomState(seed).randint(0, VOCAB - 1, (b, t))
@@ -83,7 +105,7 @@ def test_logits_match_hf_unpadded(model, hf_model):
     ids, _ = _batch(pads=(0, 0, 0))
     with torch.no_grad():
         ref = hf_model(_torch(ids)).logits.numpy()
-    ours = np.asarray(model(jnp.asarray(ids)).logits)
+    ours = np.asarray(jit_call(model, "__call__", jnp.asarray(ids)).logits)
     assert ours.dtype == np.float32
     assert np.abs(ours - ref).max() < F32_ATOL
 
@@ -98,9 +120,8 @@ def test_logits_match_hf_left_padded(model, hf_model, pass_positions):
             attention_mask=_torch(mask),
             position_ids=None if pos is None else _torch(pos),
         ).logits.numpy()
-    ours = np.asarray(
-        model(jnp.asarray(ids), jnp.asarray(mask), None if pos is None else jnp.asarray(pos)).logits
-    )
+    pos = None if pos is None else jnp.asarray(pos)
+    ours = np.asarray(jit_call(model, "__call__", jnp.asarray(ids), jnp.asarray(mask), pos).logits)
     real = mask.astype(bool)  # padding rows attend to nothing: their outputs are arbitrary
     assert np.abs(ours - ref)[real].max() < F32_ATOL
 
@@ -114,8 +135,13 @@ def test_hidden_states_and_attentions_match_hf(model, hf_model):
             output_hidden_states=True,
             output_attentions=True,
         )
-    out = model(
-        jnp.asarray(ids), jnp.asarray(mask), output_hidden_states=True, output_attentions=True
+    out = jit_call(
+        model,
+        "__call__",
+        jnp.asarray(ids),
+        jnp.asarray(mask),
+        output_hidden_states=True,
+        output_attentions=True,
     )
     b, t = ids.shape
     assert len(out.hidden_states) == N_LAYER + 1
@@ -165,38 +191,40 @@ def test_generate_matches_hf_greedy(model, hf_model):
 
 def test_generate_under_user_jit_split_merge(model):
     ids, mask = _batch(seed=2)
-    eager = np.asarray(model.generate(jnp.asarray(ids), jnp.asarray(mask), 8))
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    eager = np.asarray(model.generate(ids, mask, 8))
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def via_method(state, ids, mask):
-        return nnx.merge(graphdef, state).generate(ids, mask, 8)
-
-    @jax.jit
-    def via_function(state, ids, mask):
+    def both(state, ids, mask):
         m = nnx.merge(graphdef, state)
-        return greedy_decode(m, ids, mask, 8, eos_token_id=EOS, pad_token_id=EOS)
+        pure = greedy_decode(m, ids, mask, 8, eos_token_id=EOS, pad_token_id=EOS)
+        return m.generate(ids, mask, 8), pure
 
-    np.testing.assert_array_equal(via_method(state, jnp.asarray(ids), jnp.asarray(mask)), eager)
-    np.testing.assert_array_equal(via_function(state, jnp.asarray(ids), jnp.asarray(mask)), eager)
+    via_method, via_function = both(state, ids, mask)
+    np.testing.assert_array_equal(via_method, eager)
+    np.testing.assert_array_equal(via_function, eager)
 
 
 def test_kv_cached_logits_equal_full_sequence(model):
     ids, mask = _batch(seed=3, t=11, pads=(0, 4, 2))
     pos = _hf_positions(mask)
-    full = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pos)).logits)
+    full = jit_call(model, "__call__", jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pos))
+    full = np.asarray(full.logits)
     b, t = ids.shape
     c = t + 3  # spare slots stay hidden: they are causally in the future
     cache_mask = jnp.asarray(np.pad(mask, ((0, 0), (0, c - t)), constant_values=1))
     cache = model.init_cache(b, c)
     pieces, start = [], 0
     for stop in (6, 7, 9, 10, 11):  # a prefill, single tokens and a two-token chunk
-        out = model(
+        out = jit_call(
+            model,
+            "__call__",
             jnp.asarray(ids[:, start:stop]),
             cache_mask,
             jnp.asarray(pos[:, start:stop]),
             cache=cache,
-            cache_index=start,
+            cache_index=jnp.int32(start),  # traced: one compile per chunk length
         )
         cache, start = out.cache, stop
         pieces.append(np.asarray(out.logits))
@@ -206,7 +234,8 @@ def test_kv_cached_logits_equal_full_sequence(model):
 
 def test_cached_attentions_cover_the_cache(model):
     cache = model.init_cache(2, 10)
-    out = model(jnp.zeros((2, 4), jnp.int32), cache=cache, cache_index=0, output_attentions=True)
+    ids = jnp.zeros((2, 4), jnp.int32)
+    out = jit_call(model, "__call__", ids, cache=cache, cache_index=0, output_attentions=True)
     assert out.attentions[0].shape == (2, 4, 4, 10)
     assert len(out.cache) == N_LAYER and out.cache[0].key.shape == (2, 10, 4, 8)
     assert np.all(np.asarray(cache[0].key) == 0)  # the input cache is not modified
@@ -214,44 +243,40 @@ def test_cached_attentions_cover_the_cache(model):
 
 def test_run_layers_pieces_compose(model):
     ids, mask = _batch(seed=4)
-    backbone = model.transformer
-    h = backbone.embed(jnp.asarray(ids))
-    full = backbone.run_layers(h, jnp.asarray(mask), output_hidden_states=True)
-    h1 = backbone.run_layers(h, jnp.asarray(mask), 0, 1).last_hidden_state
-    h3 = backbone.run_layers(h1, jnp.asarray(mask), 1, 3).last_hidden_state
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    h = jit_call(model, "transformer.embed", ids)
+    full = jit_call(model, "transformer.run_layers", h, mask, output_hidden_states=True)
+    h1 = jit_call(model, "transformer.run_layers", h, mask, start=0, stop=1).last_hidden_state
+    h3 = jit_call(model, "transformer.run_layers", h1, mask, start=1, stop=3).last_hidden_state
     np.testing.assert_allclose(h3, full.last_hidden_state, atol=1e-6)
     np.testing.assert_allclose(h1, full.hidden_states[1], atol=1e-6)
-    assert backbone.run_layers(h, None, 2, 2).last_hidden_state is h
+    assert model.transformer.run_layers(h, None, 2, 2).last_hidden_state is h
     # The raw stack output through the shared final norm and tied head gives the logits.
-    logits = model.logits(full.last_hidden_state)
-    np.testing.assert_allclose(logits, model(jnp.asarray(ids), jnp.asarray(mask)).logits, atol=1e-5)
+    logits = jit_call(model, "logits", full.last_hidden_state)
+    np.testing.assert_allclose(logits, jit_call(model, "__call__", ids, mask).logits, atol=1e-5)
 
 
 def test_subset_of_tokens_with_positions(model):
     ids, _ = _batch(seed=5, t=10, pads=(0, 0, 0))
-    backbone = model.transformer
     pos = np.broadcast_to(np.arange(10), ids.shape)
-    full = np.asarray(backbone.run_layers(backbone.embed(jnp.asarray(ids)), None).last_hidden_state)
 
+    def run(keep, with_positions=True):
+        sub_ids, sub_pos = jnp.asarray(ids[:, keep]), jnp.asarray(pos[:, keep])
+        h = jit_call(model, "transformer.embed", sub_ids, sub_pos)
+        positions = sub_pos if with_positions else None
+        out = jit_call(model, "transformer.run_layers", h, None, positions=positions)
+        return np.asarray(out.last_hidden_state)
+
+    full = run(np.arange(10), with_positions=False)
     # A prefix: the same as running the shorter sequence.
-    keep = np.arange(6)
-    h = backbone.embed(jnp.asarray(ids[:, keep]), jnp.asarray(pos[:, keep]))
-    sub = backbone.run_layers(h, None, positions=jnp.asarray(pos[:, keep])).last_hidden_state
-    np.testing.assert_allclose(sub, full[:, keep], atol=1e-5)
-
+    np.testing.assert_allclose(run(np.arange(6)), full[:, :6], atol=1e-5)
     # The whole sequence gathered in a shuffled order with its positions: causality follows
     # positions, so every token gets its original output.
     perm = np.random.RandomState(0).permutation(10)
-    h = backbone.embed(jnp.asarray(ids[:, perm]), jnp.asarray(pos[:, perm]))
-    out = backbone.run_layers(h, None, positions=jnp.asarray(pos[:, perm])).last_hidden_state
-    np.testing.assert_allclose(out, full[:, perm], atol=1e-5)
-
-    # A strided subset equals the shorter sequence of those tokens at their original positions.
+    np.testing.assert_allclose(run(perm), full[:, perm], atol=1e-5)
+    # A strided subset: with sorted positions, position causality equals index causality.
     keep = np.array([0, 2, 3, 7, 9])
-    h = backbone.embed(jnp.asarray(ids[:, keep]), jnp.asarray(pos[:, keep]))
-    with_pos = backbone.run_layers(h, None, positions=jnp.asarray(pos[:, keep]))
-    short = backbone.run_layers(h, None)  # same order, so index causality is the same
-    np.testing.assert_allclose(with_pos.last_hidden_state, short.last_hidden_state, atol=1e-6)
+    np.testing.assert_allclose(run(keep), run(keep, with_positions=False), atol=1e-6)
 
 
 def test_save_pretrained_round_trips_bit_exactly(model, hf_model, hf_dir, tmp_path):
@@ -283,9 +308,9 @@ def test_base_and_lm_checkpoints_load_either_way(model, hf_model, tmp_path):
         assert torch.equal(hf_base.state_dict()[name], tensor), name
     lm = from_pretrained(base_dir, head="causal_lm")
     ids, mask = _batch(seed=6)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     np.testing.assert_array_equal(
-        lm(jnp.asarray(ids), jnp.asarray(mask)).logits,
-        model(jnp.asarray(ids), jnp.asarray(mask)).logits,
+        jit_call(lm, "__call__", ids, mask).logits, jit_call(model, "__call__", ids, mask).logits
     )
 
 
@@ -298,6 +323,23 @@ def test_missing_tensor_is_reported(hf_dir, tmp_path):
     (tmp_path / "config.json").write_text((hf_dir[0] / "config.json").read_text())
     with pytest.raises(CheckpointMismatchError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight"):
         from_pretrained(tmp_path)
+
+
+def test_old_checkpoint_with_tied_head_and_mask_buffers_loads(model, hf_dir, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(hf_dir[0] / "model.safetensors"))
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
+    for i in range(N_LAYER):
+        tensors[f"transformer.h.{i}.attn.bias"] = np.tril(np.ones((1, 1, N_POS, N_POS), np.uint8))
+        tensors[f"transformer.h.{i}.attn.masked_bias"] = np.array(-1e4, np.float32)
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text((hf_dir[0] / "config.json").read_text())
+    loaded = from_pretrained(tmp_path)
+    for ours, theirs in zip(
+        jax.tree.leaves(nnx.state(loaded)), jax.tree.leaves(nnx.state(model)), strict=True
+    ):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_bad_inputs_give_clear_errors(model):
@@ -327,8 +369,10 @@ def test_bad_inputs_give_clear_errors(model):
         model(jnp.asarray(ids), cache=cache)
     with pytest.raises(ValueError, match="one entry per cache slot"):
         model(jnp.asarray(ids), jnp.asarray(mask), cache=cache, cache_index=0)
-    with pytest.raises(ValueError, match="cache of length 49 exceeds"):
+    with pytest.raises(ValueError, match="cache length 49 exceeds"):
         model.init_cache(1, N_POS + 1)
+    with pytest.raises(ValueError, match=r"position_ids must lie in \[0, 48\)"):
+        model(jnp.asarray(ids), None, jnp.full(ids.shape, N_POS, jnp.int32))
     with pytest.raises(ValueError, match="layer range"):
         model.transformer.run_layers(jnp.zeros((1, 2, 32)), None, 2, 5)
 
@@ -349,8 +393,11 @@ def test_config_validation_and_presets():
 def test_tiny_model_runs_with_dropout_and_bfloat16():
     model = GPT2LMHeadModel(GPT2Config.tiny(dtype=jnp.bfloat16), rngs=nnx.Rngs(0))
     ids = jnp.ones((2, 5), jnp.int32)
-    train = model(ids, rngs=nnx.Rngs(dropout=1)).logits
-    evals = model(ids).logits
+
+    @nnx.jit
+    def train_and_eval(model, rngs):
+        return model(ids, rngs=rngs).logits, model(ids).logits
+
+    train, evals = train_and_eval(model, nnx.Rngs(dropout=1))
     assert train.dtype == evals.dtype == jnp.float32
     assert not np.allclose(train, evals)
-    assert model.generate(ids, None, 3).shape == (2, 3)

@@ -233,7 +233,13 @@ class GPT2Model(nnx.Module):
         check_length(t, self.config.n_positions)
         if position_ids is not None:
             check_mask(position_ids, (b, t), "position_ids")
-            check_token_ids(position_ids, self.config.n_positions, "position_ids")
+            if is_concrete(position_ids) and position_ids.size:
+                pos = np.asarray(position_ids)
+                if pos.min() < 0 or pos.max() >= self.config.n_positions:
+                    raise ValueError(
+                        f"position_ids must lie in [0, {self.config.n_positions}), got values "
+                        f"from {pos.min()} to {pos.max()}"
+                    )
         if cache is None:
             if cache_index is not None:
                 raise ValueError("cache_index was given without a cache")
@@ -260,7 +266,9 @@ class GPT2Model(nnx.Module):
             raise ValueError(f"cache has {len(cache)} layers, the model {len(self.layers)}")
         want = (batch, None, self.config.n_head, self.config.head_dim)
         shape = tuple(cache[0].key.shape)
-        if len(shape) != 4 or any(w is not None and w != s for w, s in zip(want, shape)):
+        if len(shape) != 4 or any(
+            w is not None and w != s for w, s in zip(want, shape, strict=True)
+        ):
             raise ValueError(
                 f"cache entries must have shape [batch={batch}, length, {self.config.n_head}, "
                 f"{self.config.head_dim}], got {shape}"
@@ -274,8 +282,7 @@ class GPT2Model(nnx.Module):
         # [b c h k]
         shape = (batch, max_length, self.config.n_head, self.config.head_dim)
         return tuple(
-            KVCache(key=jnp.zeros(shape, dtype), value=jnp.zeros(shape, dtype))
-            for _ in self.layers
+            KVCache(key=jnp.zeros(shape, dtype), value=jnp.zeros(shape, dtype)) for _ in self.layers
         )
 
     # -- pieces --------------------------------------------------------------------------------
@@ -522,9 +529,9 @@ class GPT2LMHeadModel(nnx.Module):
             state,
             jnp.asarray(input_ids, jnp.int32),
             jnp.asarray(attention_mask, jnp.int32),
+            jnp.int32(-1 if eos is None else eos),
+            jnp.int32(pad),
             max_new_tokens=int(max_new_tokens),
-            eos_token_id=eos,
-            pad_token_id=pad,
         )
 
 
@@ -534,14 +541,19 @@ def greedy_decode(
     attention_mask: Int[Array, "b t"],
     max_new_tokens: int,
     *,
-    eos_token_id: int | None,
-    pad_token_id: int,
+    eos_token_id: Int[Array, ""] | int | None,
+    pad_token_id: Int[Array, ""] | int,
 ) -> Int[Array, "b n"]:
     """The greedy decode loop as a pure function of the model (no checks, no `jit` of its
     own): prefill the cache with the left-padded prompt, then one token per
-    `lax.while_loop` step, stopping early once every row has emitted EOS."""
+    `lax.while_loop` step, stopping early once every row has emitted EOS.
+
+    `eos_token_id` and `pad_token_id` may be traced; an eos of None or -1 never stops.
+    """
     b, t = input_ids.shape
     n = max_new_tokens
+    eos = jnp.asarray(-1 if eos_token_id is None else eos_token_id, jnp.int32)
+    pad = jnp.asarray(pad_token_id, jnp.int32)
     mask = attention_mask.astype(jnp.int32)
     # [b t]; padding gets position 0 (any valid id: padding is never attended to).
     position_ids = jnp.where(mask == 1, jnp.cumsum(mask, axis=1) - 1, 0)
@@ -557,8 +569,7 @@ def greedy_decode(
     )
     # Left padding puts every row's last real token in the last column.
     first = jnp.argmax(prefill.logits[:, -1], axis=-1).astype(jnp.int32)
-    done = _is_eos(first, eos_token_id)
-    tokens = jnp.full((b, n), pad_token_id, jnp.int32).at[:, 0].set(first)
+    tokens = jnp.full((b, n), pad, jnp.int32).at[:, 0].set(first)
 
     def cond(carry):
         i, _, _, _, _, done = carry
@@ -575,28 +586,21 @@ def greedy_decode(
             cache_index=t + i - 1,
         )
         nxt = jnp.argmax(out.logits[:, 0], axis=-1).astype(jnp.int32)
-        nxt = jnp.where(done, pad_token_id, nxt)
-        # [b 1] column i of the output
+        nxt = jnp.where(done, pad, nxt)
+        # [b 1] into column i of the output
         tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, i))
-        return i + 1, tokens, out.cache, nxt, pos + 1, done | _is_eos(nxt, eos_token_id)
+        return i + 1, tokens, out.cache, nxt, pos + 1, done | (nxt == eos)
 
-    carry = (jnp.int32(1), tokens, prefill.cache, first, position_ids[:, -1], done)
+    carry = (jnp.int32(1), tokens, prefill.cache, first, position_ids[:, -1], first == eos)
     return jax.lax.while_loop(cond, step, carry)[1]
 
 
-def _is_eos(tokens: Int[Array, " b"], eos_token_id: int | None) -> jax.Array:
-    if eos_token_id is None:
-        return jnp.zeros(tokens.shape, bool)
-    return tokens == eos_token_id
-
-
-@functools.partial(
-    jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_token_id", "pad_token_id")
-)
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _generate_jit(
-    graphdef, state, input_ids, attention_mask, *, max_new_tokens, eos_token_id, pad_token_id
+    graphdef, state, input_ids, attention_mask, eos_token_id, pad_token_id, *, max_new_tokens
 ):
     # split + jit + merge is the cheapest way to call a module under jit (docs/stack.md).
+    # The token ids are traced so that changing them does not recompile.
     model = nnx.merge(graphdef, state)
     return greedy_decode(
         model,

@@ -1,0 +1,21 @@
+"""The compaction core: run costly work only on a data-dependent subset, with static shapes."""
+
+from elang_jax.core._compaction import (
+    Packing,
+    bucket_sizes,
+    compact_apply,
+    gather_rows,
+    plan,
+    scatter_rows,
+    validate_buckets,
+)
+
+__all__ = [
+    "Packing",
+    "bucket_sizes",
+    "compact_apply",
+    "gather_rows",
+    "plan",
+    "scatter_rows",
+    "validate_buckets",
+]
