@@ -54,20 +54,20 @@ VARIANTS = {
 
 
 def _randomize(hf_model, seed: int) -> None:
-    """Weights that make a lively random model: transformers' own initialisation gives one
-    that repeats a single token, which would make the generation check nearly vacuous."""
+    """Fan-in scaled random weights: transformers' own initialisation gives a model that
+    repeats the pad token, which would make the generation check vacuous. Embeddings at
+    d_model**-0.5 keep the logits of an unscaled tied head (v1_1_hf_tied) O(1), so that the
+    absolute float32 tolerance means the same for every variant."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in hf_model.named_parameters():
             noise = torch.randn(p.shape, generator=g)
             if name.endswith("layer_norm.weight"):
-                p.copy_(1.0 + 0.5 * noise)
+                p.copy_(1.0 + 0.2 * noise)
             elif "relative_attention_bias" in name:
-                p.copy_(3.0 * noise)
-            elif name == "shared.weight":
                 p.copy_(noise)
-            else:  # [out, in] Linear weights
-                p.copy_(2.0 * noise * p.shape[1] ** -0.5)
+            else:  # the embeddings and the [out, in] Linear weights
+                p.copy_(noise * p.shape[1] ** -0.5)
 
 
 def _build(variant: str, tmp_path_factory):

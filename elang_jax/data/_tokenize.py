@@ -56,6 +56,18 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def select(self, indices: np.ndarray | list[int]) -> Encoded:
+        """The examples at `indices`, in that order (e.g. the hard ones a cascade escalates)."""
+        idx = np.asarray(indices, np.int64).reshape(-1)
+        return dataclasses.replace(
+            self,
+            input_ids=[self.input_ids[i] for i in idx],
+            token_type_ids=[self.token_type_ids[i] for i in idx],
+            lengths=self.lengths[idx],
+            labels=None if self.labels is None else self.labels[idx],
+            num_truncated=0,
+        )
+
 
 def load_tokenizer(path_or_name: str | os.PathLike[str]) -> Any:
     """Loads a Hugging Face tokenizer with `transformers.AutoTokenizer`.

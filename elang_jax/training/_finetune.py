@@ -167,10 +167,13 @@ def make_train_step(
     """
 
     def step_fn(params, rest, opt_state, batch, step):
-        rngs = nnx.Rngs(dropout=jax.random.fold_in(dropout_key, step))
+        key = jax.random.fold_in(dropout_key, step)
 
         def loss_fn(p):
             model = nnx.merge(graphdef, p, rest)
+            # Built inside the differentiated function: nnx.Rngs counts its draws, and a
+            # counter created outside this trace could not be updated from within it.
+            rngs = nnx.Rngs(dropout=key)
             logits = model(
                 batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], rngs=rngs
             ).logits
@@ -408,11 +411,14 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
     total_steps = max(1, math.ceil(config.epochs * batches_per_epoch))
     end_step = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
 
-    optimizer = make_optimizer(config, total_steps)
     schedule = learning_rate_schedule(config, total_steps)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    optimizer, train_step = _optimizer_and_train_step(graphdef, _step_key(config), total_steps)
+    # Committed to the device like the arrays orbax restores: jit compiles separately for
+    # committed and uncommitted arguments, and a resumed run would otherwise compile its
+    # steps twice.
+    params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     state = _TrainState(params, optimizer.init(params), 0)
-    train_step = make_train_step(graphdef, optimizer, jax.random.key(config.seed))
 
     manager = ocp.CheckpointManager(
         (workdir / CHECKPOINT_DIR).absolute(),
@@ -542,6 +548,29 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
     save_pretrained(nnx.merge(graphdef, state.params, rest), workdir / FINAL_DIR, tokenizer)
     metrics_log.write({"step": state.step, "final": True, **scores})
     return {**scores, "step": state.step}
+
+
+def _step_key(config: FinetuneConfig) -> FinetuneConfig:
+    # The config with every field that cannot change the compiled step set to a fixed value.
+    return config.replace(
+        max_steps=None,
+        eval_every=0,
+        save_every=0,
+        keep_checkpoints=1,
+        log_every=1,
+        progress=False,
+        eval_limit=None,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _optimizer_and_train_step(
+    graphdef: nnx.GraphDef, config: FinetuneConfig, total_steps: int
+) -> tuple[optax.GradientTransformation, TrainStep]:
+    # Compiling a train step takes seconds; runs in one process that share the model and the
+    # optimizer settings (a run and the run resuming it, tests) share the compiled step.
+    optimizer = make_optimizer(config, total_steps)
+    return optimizer, make_train_step(graphdef, optimizer, jax.random.key(config.seed))
 
 
 def _abstract(tree: Any) -> Any:

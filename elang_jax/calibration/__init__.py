@@ -1,0 +1,19 @@
+"""Threshold calibration shared by every method."""
+
+from elang_jax.calibration._calibrate import (
+    CalibrationTarget,
+    Objective,
+    OperatingPoint,
+    calibrate,
+    clopper_pearson_upper,
+    fit_temperature,
+)
+
+__all__ = [
+    "CalibrationTarget",
+    "Objective",
+    "OperatingPoint",
+    "calibrate",
+    "clopper_pearson_upper",
+    "fit_temperature",
+]
