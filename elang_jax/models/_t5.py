@@ -668,16 +668,25 @@ class T5ForConditionalGeneration(nnx.Module):
             self, input_ids, attention_mask, output_hidden_states, output_attentions, rngs
         )
 
-    def init_cache(self, batch: int, max_length: int) -> T5DecoderCache:
+    def init_cache(
+        self,
+        batch: int,
+        max_length: int,
+        encoder_hidden: Float[Array, "b s d"] | None = None,
+    ) -> T5DecoderCache:
         """An empty decoder cache for `max_length` decoder positions. Its cross-attention
-        part is filled by the first `decode` call (or pass `cross_kv` yourself)."""
+        part is computed from `encoder_hidden` when given, else by the first `decode` call."""
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         c = self.config
         shape = (batch, max_length, c.num_heads, c.d_kv)
         dtype = c.dtype or jnp.float32
         layer = lambda: KVCache(key=jnp.zeros(shape, dtype), value=jnp.zeros(shape, dtype))
-        return T5DecoderCache(self_attention=tuple(layer() for _ in range(c.num_decoder_layers)))
+        cross = None if encoder_hidden is None else self.decoder.cross_kv(encoder_hidden)
+        return T5DecoderCache(
+            self_attention=tuple(layer() for _ in range(c.num_decoder_layers)),
+            cross_attention=cross,
+        )
 
     def lm_logits(self, h: Float[Array, "b t d"]) -> Float[Array, "b t v"]:
         """Float32 logits from the decoder's final hidden states."""
@@ -832,16 +841,12 @@ def t5_greedy(
     c = model.config
     b = input_ids.shape[0]
     enc = model.encode(input_ids, attention_mask).last_hidden_state
-    start = jnp.full((b, 1), c.decoder_start_token_id, jnp.int32)
-    # The first step runs outside the loop: it fills the cross-attention part of the cache, so
-    # the loop carry has a fixed structure.
-    out = model.decode(
-        start, enc, attention_mask, model.init_cache(b, max_new_tokens), jnp.int32(0)
-    )
-    token = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
-    done = token == c.eos_token_id
+    # Cross-attention keys/values are computed before the loop, so the carry has a fixed
+    # structure and the loop body is the only copy of the decoder to compile.
+    cache = model.init_cache(b, max_new_tokens, enc)
+    start = jnp.full((b,), c.decoder_start_token_id, jnp.int32)
     # [b n]
-    tokens = jnp.full((b, max_new_tokens), c.pad_token_id, jnp.int32).at[:, 0].set(token)
+    tokens = jnp.full((b, max_new_tokens), c.pad_token_id, jnp.int32)
 
     def cond(carry):
         i, _, done, _, _ = carry
@@ -849,14 +854,14 @@ def t5_greedy(
 
     def body(carry):
         i, token, done, cache, tokens = carry
-        # The token produced at step i-1 enters at decoder position i.
+        # The token produced at step i-1 (the start token at step 0) enters at position i.
         out = model.decode(token[:, None], None, attention_mask, cache, i)
         new = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
         new = jnp.where(done, c.pad_token_id, new)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], i, axis=1)
         return i + 1, new, done | (new == c.eos_token_id), out.cache, tokens
 
-    carry = (jnp.int32(1), token, done, out.cache, tokens)
+    carry = (jnp.int32(0), start, jnp.zeros((b,), bool), cache, tokens)
     return jax.lax.while_loop(cond, body, carry)[-1]
 
 

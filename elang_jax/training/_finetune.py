@@ -417,8 +417,8 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
     # Committed to the device like the arrays orbax restores: jit compiles separately for
     # committed and uncommitted arguments, and a resumed run would otherwise compile its
     # steps twice.
-    params = jax.device_put(params, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    state = _TrainState(params, optimizer.init(params), 0)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    state = _TrainState(*jax.device_put((params, optimizer.init(params)), device), step=0)
 
     manager = ocp.CheckpointManager(
         (workdir / CHECKPOINT_DIR).absolute(),

@@ -1,0 +1,84 @@
+"""Cascade operating points for `elang_jax.calibration.calibrate`.
+
+Given every tier's score and correctness on a calibration split (all tiers run offline on
+every calibration example), simulate each threshold setting: an example stops at the first
+tier whose score reaches its threshold, and costs the sum of the tiers it went through.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate
+
+
+def simulate(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """[n] index of the answering tier for each example, for N-1 thresholds."""
+    n, n_tiers = scores.shape[0], len(thresholds) + 1
+    tier = np.full(n, n_tiers - 1, np.int64)
+    open_ = np.ones(n, bool)
+    for k, t in enumerate(thresholds):
+        stop = open_ & (scores[:, k] >= t)
+        tier[stop] = k
+        open_ &= ~stop
+    return tier
+
+
+def cascade_candidates(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    tier_costs: np.ndarray,
+    grid_size: int = 64,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[float, ...]]]:
+    """Candidate thresholds ordered from the most conservative (everything to the top tier).
+
+    Args:
+      scores: [n, N] each tier's score on each example (the last column is unused).
+      correct: [n, N] whether each tier is right on each example.
+      tier_costs: [N] or [n, N] cost of running each tier (per example), relative to
+        anything consistent (e.g. FLOPs / top tier FLOPs).
+      grid_size: for two tiers every distinct score is a candidate; beyond that, this many
+        quantiles per tier form a product grid.
+
+    Returns:
+      correct [m, n], mean cost [m], settings (a tuple of N-1 thresholds per candidate).
+    """
+    scores = np.asarray(scores, np.float64)
+    correct = np.asarray(correct, bool)
+    n, n_tiers = correct.shape
+    costs = np.broadcast_to(np.asarray(tier_costs, np.float64), (n, n_tiers))
+    cum = np.cumsum(costs, axis=1)  # an example answered by tier k paid tiers 0..k
+    if n_tiers == 2:
+        axes = [np.concatenate([[np.inf], np.unique(scores[:, 0])[::-1], [-np.inf]])]
+    else:
+        qs = np.linspace(0.0, 1.0, grid_size)
+        axes = [
+            np.concatenate([[np.inf], np.unique(np.quantile(scores[:, k], qs))[::-1], [-np.inf]])
+            for k in range(n_tiers - 1)
+        ]
+    settings, corr, cost = [], [], []
+    for th in itertools.product(*axes):
+        tier = simulate(scores, np.asarray(th))
+        settings.append(tuple(float(t) for t in th))
+        corr.append(correct[np.arange(n), tier])
+        cost.append(cum[np.arange(n), tier].mean())
+    cost_arr = np.asarray(cost)
+    order = np.argsort(-cost_arr, kind="stable")
+    return np.asarray(corr)[order], cost_arr[order], [settings[i] for i in order]
+
+
+def calibrate_thresholds(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    tier_costs: np.ndarray,
+    target: CalibrationTarget,
+    grid_size: int = 64,
+) -> OperatingPoint:
+    """Thresholds for a cascade on a calibration split; `.setting` holds them.
+
+    The reference is the top tier run on everything.
+    """
+    corr, cost, settings = cascade_candidates(scores, correct, tier_costs, grid_size)
+    return calibrate(corr, cost, np.asarray(correct)[:, -1], target, settings)
