@@ -263,3 +263,25 @@ def test_real_minilm_matches_transformers(minilm_dir):
     )
     valid = enc["attention_mask"].astype(bool)
     assert_close(np.asarray(out.last_hidden_state)[valid], ref[valid])
+
+
+def test_first_layers_of_a_checkpoint(tmp_path, rng):
+    hf = _hf_model("bert", "Model")
+    path = _saved(tmp_path, hf)
+    model = from_pretrained(path, head="sequence_classification", num_layers=1)
+    assert len(model.encoder.layers) == 1
+    ids, mask = _inputs(rng, 0)
+    with torch.no_grad():
+        ref = hf(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True
+        ).hidden_states[1]
+    out = model(jnp.asarray(ids), jnp.asarray(mask)).encoder.last_hidden_state
+    assert_close(out, ref.numpy())
+    # Without the override, a checkpoint with more layers than the config is an error.
+    with pytest.raises(CheckpointMismatchError, match="encoder.layer.1"):
+        from elang_jax.hf._rules import load_into
+        from elang_jax.hf._bert_map import rules
+        from elang_jax.hf._io import read_tensors
+
+        rs = rules(model.config, "sequence_classification", "base")
+        load_into(model, read_tensors(path), rs.rules, aliases=rs.aliases, ignore=rs.ignore)

@@ -144,3 +144,34 @@ def test_fit_temperature_recovers_the_generating_temperature():
     assert t == pytest.approx(3.0, rel=0.05)
     with pytest.raises(ValueError, match="NaN or infinity"):
         fit_temperature(np.array([[np.nan, 0.0]]), np.array([0]))
+
+
+def test_difficulty_ranking_loss():
+    import jax
+
+    from elang_jax.cascade import cascadebert_loss, difficulty_ranking_loss
+
+    key = jax.random.key(0)
+    conf = jnp.array([0.9, 0.8, 0.6, 0.55])
+    hard = jnp.array([False, False, True, True])
+    # Each easy example pairs with a hard one: hinge = max(0, 0.5 - (c_e - c_h)).
+    loss = float(difficulty_ranking_loss(conf, hard, key, margin=0.5))
+    pairs = [max(0.0, 0.5 - (e - h)) for e in (0.9, 0.8) for h in (0.6, 0.55)]
+    assert min(pairs) - 1e-6 <= loss <= max(pairs) + 1e-6
+    # Averaged over many keys, the pairing is uniform over the hard examples.
+    keys = jax.random.split(key, 2000)
+    mean = float(jnp.mean(jax.vmap(lambda k: difficulty_ranking_loss(conf, hard, k, 0.5))(keys)))
+    assert mean == pytest.approx(np.mean(pairs), abs=0.01)
+    # No hard (or no easy) example: nothing to rank.
+    assert float(difficulty_ranking_loss(conf, jnp.zeros(4, bool), key)) == 0.0
+    assert float(difficulty_ranking_loss(conf, jnp.ones(4, bool), key)) == 0.0
+    # Padding rows never count, as easy or as hard partners.
+    valid = jnp.array([True, False, True, False])
+    only = float(difficulty_ranking_loss(conf, hard, key, 0.5, valid))
+    assert only == pytest.approx(max(0.0, 0.5 - (0.9 - 0.6)))
+    # The gradient pushes easy confidence up and hard confidence down.
+    g = jax.grad(lambda c: difficulty_ranking_loss(c, hard, key, 0.5))(conf)
+    assert float(g[:2].sum()) < 0 < float(g[2:].sum())
+    logits = jnp.log(jnp.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]]))
+    total, parts = cascadebert_loss([logits, logits], jnp.zeros(4, jnp.int32), hard, key)
+    assert float(total) == pytest.approx(float(parts["ce"].sum() + 0.5 * parts["dar"]))

@@ -337,7 +337,9 @@ def test_run_layers_ranges_and_token_subsets(t5_v1_0):
 
     # A gathered subset of tokens with its original positions sees exactly what it saw in the
     # full sequence with the other tokens masked out.
-    keep = np.stack([np.sort(np.random.RandomState(i).choice(14, 6, replace=False)) for i in (1, 2)])
+    keep = np.stack(
+        [np.sort(np.random.RandomState(i).choice(14, 6, replace=False)) for i in (1, 2)]
+    )
     keep_mask = np.zeros((2, 14), np.int32)
     np.put_along_axis(keep_mask, keep, 1, axis=1)
     masked = enc.run_layers(h[:2], jnp.asarray(keep_mask)).last_hidden_state

@@ -64,9 +64,7 @@ def test_loss_decreases_on_a_fixed_batch(tokenizer_dir, tokenizer):
     encoded = data.encode_glue(
         tokenizer, _finetune._subset(examples, 16), 32, truncate=True, vocab_size=30522
     )
-    batch = next(
-        data.iterate_batches(encoded, 16, data.LengthBuckets((32,)), shuffle=False)
-    )
+    batch = next(data.iterate_batches(encoded, 16, data.LengthBuckets((32,)), shuffle=False))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     optimizer = training.make_optimizer(config, total_steps=100)
     step_fn = training.make_train_step(graphdef, optimizer, jax.random.key(0))
@@ -131,6 +129,7 @@ def test_resume_is_exact(tokenizer_dir, full_run, tmp_path):
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
     # Guard against a vacuous pass: training did move the parameters after step k.
     assert any(not np.array_equal(at_k[name], got[name]) for name in got)
+
     # Loss windows that start after the resume point match the uninterrupted run's.
     def losses(d):
         return {r["step"]: r["loss"] for r in _records(d) if "lr" in r and r["step"] - 5 >= k}
@@ -138,8 +137,9 @@ def test_resume_is_exact(tokenizer_dir, full_run, tmp_path):
     assert losses(tmp_path) == losses(full) and losses(full)
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tokenizer_dir, full_run, tmp_path,
-                                                         monkeypatch):
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(
+    tokenizer_dir, full_run, tmp_path, monkeypatch
+):
     full, _ = full_run
     config = _run_config(tokenizer_dir)
     # Interrupt while the 8th batch is being prepared: steps 0-6 have completed.

@@ -37,6 +37,8 @@ def from_pretrained(
       num_labels: overrides the number of classes of a classification head.
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
       **config_overrides: other fields of the family's config (e.g. hidden_dropout=0.0).
+        Overriding the layer count with fewer layers than the checkpoint keeps its first
+        layers (e.g. a 2-layer Swift model from a 6-layer checkpoint).
 
     Raises:
       CheckpointMismatchError: missing, unexpected or mis-shaped tensors, all listed.
@@ -73,12 +75,15 @@ def from_pretrained(
 
     model = family.heads[head](config, rngs=nnx.Rngs(seed))
     ruleset = family.rules(model.config, head, checkpoint_head)  # type: ignore[attr-defined]
+    ignore = list(ruleset.ignore)
+    if overrides and family.dropped_layers is not None:
+        ignore += family.dropped_layers(hf_config, config)
     report = load_into(
         model,
         _io.read_tensors(path),
         ruleset.rules,
         aliases=ruleset.aliases,
-        ignore=ruleset.ignore,
+        ignore=ignore,
         source=str(path),
     )
     if report.initialised:

@@ -149,6 +149,13 @@ def rules(config: BertConfig, head: str, checkpoint_head: str | None) -> RuleSet
     return RuleSet(rs, aliases, ignore)
 
 
+def dropped_layers(hf_config: dict, config: BertConfig) -> list[str]:
+    return [
+        f"*encoder.layer.{i}.*"
+        for i in range(config.num_layers, hf_config["num_hidden_layers"])
+    ]
+
+
 def _optional(rule: R.Rule) -> R.Rule:
     import dataclasses
 
@@ -180,5 +187,6 @@ FAMILY = register(
         config_to_hf=config_to_hf,
         export_architecture=export_architecture,
         rules=rules,
+        dropped_layers=dropped_layers,
     )
 )

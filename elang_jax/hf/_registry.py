@@ -37,6 +37,9 @@ class Family:
       rules: (our config, head, checkpoint head or None) -> RuleSet. The checkpoint head is
         the head the checkpoint was saved with; when it differs from `head`, tensors of the
         other head are ignored and this head's tensors may be absent (freshly initialised).
+      dropped_layers: (config.json dict, our config) -> fnmatch patterns of the checkpoint's
+        layers that a config with fewer layers leaves out (a Swift model built from a
+        checkpoint's first layers); only used when the caller overrides the layer count.
     """
 
     name: str
@@ -47,6 +50,7 @@ class Family:
     config_to_hf: Callable[[Any, str], Any]
     export_architecture: Callable[[Any, str], str]
     rules: Callable[[Any, str, str | None], RuleSet]
+    dropped_layers: Callable[[dict, Any], list[str]] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -167,9 +167,7 @@ class T5Config:
     @classmethod
     def t5_small(cls, **kw) -> T5Config:
         """google-t5/t5-small (60.5M parameters)."""
-        base = dict(
-            vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8
-        )
+        base = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
         return cls(**{**base, **kw})
 
     @classmethod
@@ -208,7 +206,7 @@ class T5LayerNorm(nnx.Module):
         return (self.scale[...] * y).astype(self.dtype or x.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
     """Buckets of relative positions -max_distance..max_distance, computed on the host.
 
@@ -239,12 +237,12 @@ def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> n
 
 
 def relative_position_bucket(
-    relative_position: Int[Array, "..."],
+    relative_position: Int[Array, "b t s"],
     *,
     bidirectional: bool,
     num_buckets: int,
     max_distance: int,
-) -> Int[Array, "..."]:
+) -> Int[Array, "b t s"]:
     """T5's bucket of `key_position - query_position`, exactly as Hugging Face computes it.
 
     Half the buckets are exact small distances, the rest log-spaced up to `max_distance`;
@@ -521,9 +519,7 @@ class T5DecoderStack(nnx.Module):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
-    ) -> tuple[
-        Float[Array, "b t d"], tuple | None, tuple | None, tuple[KVCache, ...] | None
-    ]:
+    ) -> tuple[Float[Array, "b t d"], tuple | None, tuple | None, tuple[KVCache, ...] | None]:
         """Runs every layer and the final norm: (h, hidden_states, attentions, new cache).
 
         Without a cache the t tokens sit at positions 0..t-1 (teacher forcing); with one they

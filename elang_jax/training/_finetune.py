@@ -190,9 +190,7 @@ def make_train_step(
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _logits(
-    graphdef: nnx.GraphDef, state: Any, batch: Mapping[str, Array]
-) -> Float[Array, "b c"]:
+def _logits(graphdef: nnx.GraphDef, state: Any, batch: Mapping[str, Array]) -> Float[Array, "b c"]:
     # graphdef is hashable, so every evaluation of the same architecture reuses one compiled
     # program per bucket.
     model = nnx.merge(graphdef, state)
@@ -585,7 +583,9 @@ def _take(it: Iterable[Any], n: int) -> Iterable[Any]:
 
 
 def _format(scores: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items())
+    return ", ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items()
+    )
 
 
 def _progress_bar(config: FinetuneConfig, initial: int, total: int) -> Any:
