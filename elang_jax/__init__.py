@@ -5,6 +5,16 @@ Public API, grouped by area. Implementations live in private modules.
 
 from elang_jax._version import __version__
 
+# The compaction core
+from elang_jax.core import bucket_sizes, compact_apply
+
+# Routing scores and calibration
+from elang_jax.routing import Score, energy_score, score
+from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate, fit_temperature
+
+# Cascades (E-LANG, TangoBERT, CascadeBERT)
+from elang_jax.cascade import Cascade, CascadeOutput, Tier, TierConfig
+
 # Backbones and heads
 from elang_jax.models import (
     BertConfig,
@@ -14,7 +24,13 @@ from elang_jax.models import (
     ClassifierOutput,
     EncoderOutput,
     FeedForward,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Model,
     LMOutput,
+    T5Config,
+    T5EncoderModel,
+    T5ForConditionalGeneration,
 )
 
 # Hugging Face checkpoints
@@ -25,12 +41,31 @@ __all__ = [
     "BertForMaskedLM",
     "BertForSequenceClassification",
     "BertModel",
+    "CalibrationTarget",
+    "Cascade",
+    "CascadeOutput",
     "CheckpointMismatchError",
     "ClassifierOutput",
     "EncoderOutput",
     "FeedForward",
+    "GPT2Config",
+    "GPT2LMHeadModel",
+    "GPT2Model",
     "LMOutput",
+    "OperatingPoint",
+    "Score",
+    "T5Config",
+    "T5EncoderModel",
+    "T5ForConditionalGeneration",
+    "Tier",
+    "TierConfig",
     "__version__",
+    "bucket_sizes",
+    "calibrate",
+    "compact_apply",
+    "energy_score",
+    "fit_temperature",
     "from_pretrained",
     "save_pretrained",
+    "score",
 ]

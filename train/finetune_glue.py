@@ -76,7 +76,10 @@ def build_config(args: argparse.Namespace) -> training.FinetuneConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # force: importing jax/orbax has already given the root logger a handler.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
     # orbax logs every file it writes through absl at INFO.
     logging.getLogger("absl").setLevel(logging.WARNING)
     config = build_config(args)

@@ -35,6 +35,9 @@ from elang_jax.data._glue import (
     read_glue,
 )
 
+# Held-out calibration splits.
+from elang_jax.data._splits import holdout_split, select_examples
+
 # Tokenization.
 from elang_jax.data._tokenize import Encoded, encode_glue, load_tokenizer
 
@@ -66,6 +69,9 @@ __all__ = [
     "get_glue_task",
     "glue_file",
     "read_glue",
+    # Splits
+    "holdout_split",
+    "select_examples",
     # WMT
     "WMT_PAIRS",
     "ParallelText",

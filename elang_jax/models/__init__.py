@@ -22,7 +22,37 @@ from elang_jax.models._bert import (
     num_parameters,
 )
 
+# T5 encoder-decoder
+from elang_jax.models._t5 import (
+    T5Config,
+    T5DecoderCache,
+    T5EncoderModel,
+    T5ForConditionalGeneration,
+    relative_position_bucket,
+    t5_greedy,
+)
+
+# GPT-2 decoder
+from elang_jax.models._gpt2 import (
+    DecoderOutput,
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPT2Model,
+    greedy_decode,
+)
+
 __all__ = [
+    "DecoderOutput",
+    "GPT2Config",
+    "GPT2LMHeadModel",
+    "GPT2Model",
+    "T5Config",
+    "T5DecoderCache",
+    "T5EncoderModel",
+    "T5ForConditionalGeneration",
+    "greedy_decode",
+    "relative_position_bucket",
+    "t5_greedy",
     "Activation",
     "BertConfig",
     "BertForMaskedLM",
