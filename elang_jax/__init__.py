@@ -4,16 +4,23 @@ Public API, grouped by area. Implementations live in private modules.
 """
 
 from elang_jax._version import __version__
+from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate, fit_temperature
+
+# Cascades (E-LANG, TangoBERT, CascadeBERT)
+from elang_jax.cascade import (
+    Cascade,
+    CascadeOutput,
+    ElangSeq2Seq,
+    Seq2SeqCascadeConfig,
+    Tier,
+    TierConfig,
+)
 
 # The compaction core
 from elang_jax.core import bucket_sizes, compact_apply
 
-# Routing scores and calibration
-from elang_jax.routing import Score, energy_score, score
-from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate, fit_temperature
-
-# Cascades (E-LANG, TangoBERT, CascadeBERT)
-from elang_jax.cascade import Cascade, CascadeOutput, Tier, TierConfig
+# Hugging Face checkpoints
+from elang_jax.hf import CheckpointMismatchError, from_pretrained, save_pretrained
 
 # Backbones and heads
 from elang_jax.models import (
@@ -33,8 +40,8 @@ from elang_jax.models import (
     T5ForConditionalGeneration,
 )
 
-# Hugging Face checkpoints
-from elang_jax.hf import CheckpointMismatchError, from_pretrained, save_pretrained
+# Routing scores and calibration
+from elang_jax.routing import Score, energy_score, score
 
 __all__ = [
     "BertConfig",
@@ -46,6 +53,7 @@ __all__ = [
     "CascadeOutput",
     "CheckpointMismatchError",
     "ClassifierOutput",
+    "ElangSeq2Seq",
     "EncoderOutput",
     "FeedForward",
     "GPT2Config",
@@ -54,6 +62,7 @@ __all__ = [
     "LMOutput",
     "OperatingPoint",
     "Score",
+    "Seq2SeqCascadeConfig",
     "T5Config",
     "T5EncoderModel",
     "T5ForConditionalGeneration",

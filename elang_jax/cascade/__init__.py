@@ -7,8 +7,30 @@ from elang_jax.cascade._operating_points import (
     cascade_candidates,
     simulate,
 )
+from elang_jax.cascade._seq2seq import (
+    ElangSeq2Seq,
+    EnergyHead,
+    Seq2SeqCascadeConfig,
+    Seq2SeqCascadeOutput,
+    calibrate_seq2seq_threshold,
+    make_head_targets,
+    pooled_encoder_features,
+    seq2seq_tier_costs,
+    t5_greedy_from_encoder,
+    train_energy_head,
+)
 
 __all__ = [
+    "ElangSeq2Seq",
+    "EnergyHead",
+    "Seq2SeqCascadeConfig",
+    "Seq2SeqCascadeOutput",
+    "calibrate_seq2seq_threshold",
+    "make_head_targets",
+    "pooled_encoder_features",
+    "seq2seq_tier_costs",
+    "t5_greedy_from_encoder",
+    "train_energy_head",
     "Cascade",
     "CascadeOutput",
     "Tier",

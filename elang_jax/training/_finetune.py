@@ -357,7 +357,9 @@ class _MetricsLog:
 def _check_resumable(workdir: Path, config: FinetuneConfig) -> None:
     """Refuses to resume a checkpoint written under different training settings."""
     path = workdir / CONFIG_FILE
-    if path.exists():
+    # Without a checkpoint there is nothing to resume: a run that failed before its first
+    # save may be restarted with other settings.
+    if path.exists() and any((workdir / CHECKPOINT_DIR).glob("[0-9]*")):
         old = json.loads(path.read_text())
         new = config.trajectory_fields()
         diff = sorted(k for k in set(old) | set(new) if k in new and old.get(k) != new.get(k))
@@ -377,7 +379,8 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
       * `checkpoints/<step>/`: orbax checkpoints of params, optimizer state and step (the
         latest `keep_checkpoints`), also written when interrupted with Ctrl-C;
       * `metrics.jsonl`: a line per logged step (step, loss, lr, examples_per_s, ...) and per
-        evaluation (`"eval": <split>` plus the metrics);
+        evaluation (`"eval": <split>` plus the metrics); steps re-run after a resume are
+        logged again;
       * `config.json`: the settings that decide the trajectory, checked on resume;
       * `final/`: the model at the last step as a Hugging Face directory with the tokenizer
         (also when `max_steps` stopped the run early; not after a Ctrl-C).

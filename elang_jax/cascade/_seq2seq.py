@@ -1,0 +1,716 @@
+"""E-LANG for encoder-decoders: route on the Swift encoder, before any decoding.
+
+The seq2seq form of E-LANG (methods.md, section 1): the Swift *encoder* runs on every
+example; a small head h on its pooled output gives logits z; the routing score is the
+negative free energy -F = T * logsumexp(z / T) (`energy_score`; the other `Score` kinds are
+selectable). If -F >= t the Swift *decoder* continues from the encoder output already
+computed; otherwise the whole Super model (its own encoder and decoder) runs. The decision
+is taken once, before any autoregressive step, so an escalated example costs Swift encoder
++ head + Super and never any Swift decoding.
+
+One jitted serving step does it all for a padded batch:
+
+  Swift encoder [b] -> pool -> head -> score -> keep = score >= t (or padding row)
+    |-- compact_apply(kept rows):      Swift greedy decoding from the encoder output
+    '-- compact_apply(escalated rows): Super encode + greedy decoding
+
+Both branches go through the one compaction core, so each pays only for the smallest bucket
+holding its rows, and an empty bucket runs nothing. Thresholds are traced: recalibrating does
+not recompile.
+
+Training the head: `make_head_targets` labels each example 1 when the Swift output is good
+enough (matches the Super output after EOS/pad normalisation, or a quality score reaches a
+threshold); `train_energy_head` fits the head on pooled Swift-encoder features with
+class-balanced cross-entropy, plus (by default) a term that makes the energy itself high for
+good examples. Why the second term: after cross-entropy alone only logit *differences* are
+trained, so the level logsumexp(z) that the energy reads is left arbitrary, and a confident
+"not good" head would score as high as a confident "good" one.
+
+Choosing t: `seq2seq_tier_costs` (analytic FLOPs per tier) and `calibrate_seq2seq_threshold`
+(`calibrate_thresholds` with the Super as the reference: quality is relative to Super).
+
+Shape vocabulary: b batch rows, s source length, d model width, c head classes (K),
+n generated tokens, m calibration examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from elang_jax.calibration import CalibrationTarget, OperatingPoint
+from elang_jax.cascade._operating_points import calibrate_thresholds
+from elang_jax.core import bucket_sizes, compact_apply
+from elang_jax.flops import attention_flops, ffn_flops
+from elang_jax.models._t5 import T5Config, T5ForConditionalGeneration
+from elang_jax.routing import Score, score
+
+# ---------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Seq2SeqCascadeConfig:
+    """How an `ElangSeq2Seq` routes and decodes.
+
+    Attributes:
+      score: routing score over the head's logits (`Score.ENERGY`: E-LANG's -F).
+      threshold: keep the Swift decoder when score >= threshold. -inf keeps everything,
+        +inf escalates everything (the default: Super quality until calibrated).
+      temperature: energy/softmax temperature, > 0.
+      max_new_tokens: greedy decoding length of both models, >= 1.
+      bucket_fractions: compaction buckets as fractions of the batch (see `bucket_sizes`).
+    """
+
+    score: Score = Score.ENERGY
+    threshold: float = math.inf
+    temperature: float = 1.0
+    max_new_tokens: int = 20
+    bucket_fractions: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5, 1.0)
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "score", Score(self.score))
+        except ValueError:
+            raise ValueError(
+                f"unknown score {self.score!r}; choose from {[s.value for s in Score]}"
+            ) from None
+        threshold = float(self.threshold)
+        if math.isnan(threshold):
+            raise ValueError(f"threshold is NaN ({self.threshold=})")
+        object.__setattr__(self, "threshold", threshold)
+        t = float(self.temperature)
+        if math.isnan(t) or t <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature=}")
+        object.__setattr__(self, "temperature", t)
+        if int(self.max_new_tokens) != self.max_new_tokens or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens=}")
+        object.__setattr__(self, "max_new_tokens", int(self.max_new_tokens))
+        fractions = tuple(float(f) for f in self.bucket_fractions)
+        bucket_sizes(1, fractions)  # raises on a fraction outside [0, 1] or NaN
+        object.__setattr__(self, "bucket_fractions", fractions)
+
+
+# ---------------------------------------------------------------------------
+# The head and its features
+# ---------------------------------------------------------------------------
+
+
+def masked_mean(
+    hidden: Float[Array, "b s d"], attention_mask: Int[Array, "b s"] | None
+) -> Float[Array, "b d"]:
+    """Mean over the real (mask = 1) positions, in float32; an all-padding row gives 0."""
+    h = hidden.astype(jnp.float32)
+    if attention_mask is None:
+        return h.mean(axis=1)
+    # [b s 1]
+    m = attention_mask.astype(jnp.float32)[..., None]
+    return (h * m).sum(axis=1) / jnp.maximum(m.sum(axis=1), 1.0)
+
+
+class EnergyHead(nnx.Module):
+    """Small head on the Swift encoder's pooled output: [b d] -> [b c] float32 logits.
+
+    With the default c = 2, class 1 means "the Swift output is good enough" and class 0
+    "escalate"; the router reads a `Score` of these logits (E-LANG: the energy).
+
+    Example:
+      head = EnergyHead(swift.config.d_model, hidden=64, rngs=nnx.Rngs(0))
+      logits = head(pooled_encoder_features(swift, ids, mask))  # [b 2]
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_classes: int = 2,
+        hidden: int | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if d_model < 1:
+            raise ValueError(f"d_model must be >= 1, got {d_model=}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes=}")
+        if hidden is not None and hidden < 1:
+            raise ValueError(f"hidden must be None or >= 1, got {hidden=}")
+        self.d_model = d_model
+        self.num_classes = num_classes
+        self.hidden = None if hidden is None else nnx.Linear(d_model, hidden, rngs=rngs)
+        self.out = nnx.Linear(d_model if hidden is None else hidden, num_classes, rngs=rngs)
+
+    def __call__(self, features: Float[Array, "b d"]) -> Float[Array, "b c"]:
+        if features.shape[-1] != self.d_model:
+            raise ValueError(
+                f"head features must have width {self.d_model}, got shape {features.shape}"
+            )
+        x = features.astype(jnp.float32)
+        if self.hidden is not None:
+            x = jax.nn.gelu(self.hidden(x))
+        return self.out(x).astype(jnp.float32)
+
+
+def pooled_encoder_features(
+    swift: T5ForConditionalGeneration,
+    input_ids: Int[Array, "b s"],
+    attention_mask: Int[Array, "b s"] | None = None,
+    *,
+    batch_size: int | None = None,
+) -> Float[Array, "b d"]:
+    """The head's inputs: the Swift encoder's final hidden states, mean-pooled over the real
+    tokens; float32 [b d]. Computed under jit, in chunks of `batch_size` rows if given."""
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    attention_mask = (
+        jnp.ones(input_ids.shape, jnp.int32)
+        if attention_mask is None
+        else jnp.asarray(attention_mask, jnp.int32)
+    )
+    swift.check_inputs(input_ids, attention_mask)
+    graphdef, state = nnx.split(swift)
+    n = input_ids.shape[0]
+    size = n if batch_size is None else int(batch_size)
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size=}")
+    chunks = [
+        _pooled_jit(graphdef, state, input_ids[i : i + size], attention_mask[i : i + size])
+        for i in range(0, n, size)
+    ]
+    if not chunks:
+        return jnp.zeros((0, swift.config.d_model), jnp.float32)
+    return jnp.concatenate(chunks, axis=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _pooled_jit(graphdef, state, input_ids, attention_mask):
+    model = nnx.merge(graphdef, state)
+    return masked_mean(model.encode(input_ids, attention_mask).last_hidden_state, attention_mask)
+
+
+# ---------------------------------------------------------------------------
+# Greedy decoding from an encoder output
+# ---------------------------------------------------------------------------
+
+
+def t5_greedy_from_encoder(
+    model: T5ForConditionalGeneration,
+    encoder_hidden: Float[Array, "b s d"],
+    encoder_mask: Int[Array, "b s"],
+    *,
+    max_new_tokens: int,
+    done: Bool[Array, " b"] | None = None,
+) -> Int[Array, "b n"]:
+    """Greedy KV-cached decoding that starts from an encoder output already computed.
+
+    Same loop and outputs as `t5_greedy` (which encodes first): start token, argmax, pad
+    after EOS, stop once every row is done. Rows with `done` = True on entry are not
+    decoded (they emit pad) and do not keep the loop running: compaction buckets pass their
+    padding rows here so that they never lengthen the loop. Call it inside a trace (under
+    jit) on a merged model.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    c = model.config
+    b = encoder_hidden.shape[0]
+    cache = model.init_cache(b, max_new_tokens, encoder_hidden)
+    start = jnp.full((b,), c.decoder_start_token_id, jnp.int32)
+    # [b n]
+    tokens = jnp.full((b, max_new_tokens), c.pad_token_id, jnp.int32)
+    done = jnp.zeros((b,), bool) if done is None else done.astype(bool)
+
+    def cond(carry):
+        i, _, done, _, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, token, done, cache, tokens = carry
+        out = model.decode(token[:, None], None, encoder_mask, cache, i)
+        new = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
+        new = jnp.where(done, c.pad_token_id, new)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], i, axis=1)
+        return i + 1, new, done | (new == c.eos_token_id), out.cache, tokens
+
+    carry = (jnp.int32(0), start, done, cache, tokens)
+    return jax.lax.while_loop(cond, body, carry)[-1]
+
+
+# ---------------------------------------------------------------------------
+# The cascade
+# ---------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqCascadeOutput:
+    """Per-example results of `ElangSeq2Seq`'s serving step.
+
+    Attributes:
+      tokens: [b n] int32 greedy output of the tier that answered (pad after EOS; padding
+        rows are all pad).
+      tier: [b] int32, 0 = Swift decoder, 1 = Super model.
+      score: [b] float32 routing score from the head.
+      head_logits: [b c] float32 head logits.
+    """
+
+    tokens: Int[Array, "b n"]
+    tier: Int[Array, " b"]
+    score: Float[Array, " b"]
+    head_logits: Float[Array, "b c"]
+
+
+Inputs = Mapping[str, Any]
+
+
+class ElangSeq2Seq:
+    """E-LANG over two T5 models (see the module docstring).
+
+    Attributes:
+      swift: the small T5ForConditionalGeneration (its encoder always runs).
+      super_model: the large T5ForConditionalGeneration (runs only on escalated rows).
+      head: the EnergyHead on the Swift encoder's pooled output.
+      config: Seq2SeqCascadeConfig.
+
+    Example:
+      cascade = ElangSeq2Seq(swift, big, head, Seq2SeqCascadeConfig(threshold=2.5))
+      step = cascade.serving_step(batch_size=16)
+      out = step(dict(input_ids=ids, attention_mask=mask))  # or (swift_inputs, super_inputs)
+      out.tokens, out.tier, out.score
+    """
+
+    def __init__(
+        self,
+        swift: T5ForConditionalGeneration,
+        super_model: T5ForConditionalGeneration,
+        head: EnergyHead,
+        config: Seq2SeqCascadeConfig | None = None,
+    ):
+        config = Seq2SeqCascadeConfig() if config is None else config
+        for name, m in (("swift", swift), ("super_model", super_model)):
+            if not isinstance(m, T5ForConditionalGeneration):
+                raise TypeError(f"{name} must be a T5ForConditionalGeneration, got {type(m)}")
+        if head.d_model != swift.config.d_model:
+            raise ValueError(
+                f"the head takes width {head.d_model} but the Swift encoder gives "
+                f"{swift.config.d_model}"
+            )
+        a, b = swift.config, super_model.config
+        if (a.pad_token_id, a.eos_token_id) != (b.pad_token_id, b.eos_token_id):
+            raise ValueError(
+                "Swift and Super must share pad/EOS ids so their outputs are comparable, got "
+                f"(pad, eos) = {(a.pad_token_id, a.eos_token_id)} and "
+                f"{(b.pad_token_id, b.eos_token_id)}"
+            )
+        self.swift = swift
+        self.super_model = super_model
+        self.head = head
+        self.config = config
+        self._steps: dict[int, Any] = {}
+
+    def with_threshold(self, threshold: float) -> ElangSeq2Seq:
+        """The same models with a new default threshold (steps also take it per call)."""
+        config = dataclasses.replace(self.config, threshold=float(threshold))
+        return ElangSeq2Seq(self.swift, self.super_model, self.head, config)
+
+    def head_scores(
+        self, input_ids: Int[Array, "b s"], attention_mask: Int[Array, "b s"] | None = None
+    ) -> Float[Array, " b"]:
+        """The routing score from the Swift encoder and head alone (no decoding)."""
+        feats = pooled_encoder_features(self.swift, input_ids, attention_mask)
+        return score(self.config.score, self.head(feats), self.config.temperature)
+
+    def serving_step(self, batch_size: int):
+        """A jitted `step(inputs, valid=None, threshold=None) -> Seq2SeqCascadeOutput`.
+
+        `inputs` is one dict (input_ids, attention_mask; [b s] int32) shared by both models,
+        or a pair (swift_inputs, super_inputs) when they tokenize differently (same
+        examples, row for row; lengths may differ). `valid` [b] marks real rows: padding
+        rows never escalate and decode nothing. `threshold` (a float) may change between
+        calls without recompiling. The step is built once per batch size and compiles once
+        per (batch size, input lengths).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size not in self._steps:
+            self._steps[batch_size] = self._build_step(batch_size)
+        return self._steps[batch_size]
+
+    def _build_step(self, batch_size: int):
+        cfg = self.config
+        graphdefs, states = zip(
+            *(nnx.split(m) for m in (self.swift, self.super_model, self.head)), strict=True
+        )
+        buckets = bucket_sizes(batch_size, cfg.bucket_fractions)
+        n_new = cfg.max_new_tokens
+        pad = self.swift.config.pad_token_id
+
+        @jax.jit
+        def run(states, swift_in, super_in, valid, threshold):
+            swift, sup, head = (nnx.merge(g, s) for g, s in zip(graphdefs, states, strict=True))
+            b = valid.shape[0]
+            # 1. Swift encoder on the whole batch, once.
+            # [b s d]
+            enc = swift.encode(swift_in["input_ids"], swift_in["attention_mask"]).last_hidden_state
+            # 2. Head and score: the decision is taken here, before any decoding.
+            logits = head(masked_mean(enc, swift_in["attention_mask"]))
+            s = score(cfg.score, logits, cfg.temperature)
+            keep = (s >= threshold) | ~valid
+            tokens = jnp.full((b, n_new), pad, jnp.int32)
+
+            # 3a. Swift decoder on the kept rows, from the encoder output computed above.
+            def swift_decode(rows, row_valid):
+                return t5_greedy_from_encoder(
+                    swift, rows["enc"], rows["mask"], max_new_tokens=n_new, done=~row_valid
+                )
+
+            tokens, _ = compact_apply(
+                swift_decode,
+                keep & valid,
+                dict(enc=enc, mask=swift_in["attention_mask"]),
+                tokens,
+                buckets,
+            )
+
+            # 3b. The whole Super model on the escalated rows.
+            def super_generate(rows, row_valid):
+                h = sup.encode(rows["input_ids"], rows["attention_mask"]).last_hidden_state
+                return t5_greedy_from_encoder(
+                    sup, h, rows["attention_mask"], max_new_tokens=n_new, done=~row_valid
+                )
+
+            tokens, _ = compact_apply(super_generate, ~keep, dict(super_in), tokens, buckets)
+            return Seq2SeqCascadeOutput(
+                tokens=tokens,
+                tier=jnp.where(keep, 0, 1).astype(jnp.int32),
+                score=s,
+                head_logits=logits,
+            )
+
+        def step(
+            inputs: Inputs | Sequence[Inputs],
+            valid: Bool[Array, " b"] | None = None,
+            threshold: float | None = None,
+        ) -> Seq2SeqCascadeOutput:
+            swift_in, super_in = _split_inputs(inputs)
+            swift_in = self._prepare(self.swift, "swift", swift_in, batch_size)
+            super_in = self._prepare(self.super_model, "super", super_in, batch_size)
+            th = cfg.threshold if threshold is None else threshold
+            th = np.asarray(th, np.float32)
+            if th.shape != () or np.isnan(th):
+                raise ValueError(f"threshold must be one non-NaN float, got {threshold!r}")
+            if valid is None:
+                v = jnp.ones((batch_size,), bool)
+            else:
+                v = jnp.asarray(valid, bool)
+                if v.shape != (batch_size,):
+                    raise ValueError(f"valid must have shape ({batch_size},), got {v.shape}")
+            return run(list(states), swift_in, super_in, v, jnp.asarray(th))
+
+        step.buckets = buckets  # type: ignore[attr-defined]
+        step.jitted = run  # type: ignore[attr-defined]
+        return step
+
+    @staticmethod
+    def _prepare(model, name: str, inputs: Inputs, batch_size: int) -> dict[str, Array]:
+        if "input_ids" not in inputs:
+            raise ValueError(f"{name} inputs need 'input_ids', got keys {sorted(inputs)}")
+        ids = jnp.asarray(inputs["input_ids"])
+        if ids.ndim != 2 or ids.shape[0] != batch_size:
+            raise ValueError(
+                f"{name} input_ids have shape {tuple(ids.shape)}; this step was built for "
+                f"batch {batch_size}"
+            )
+        mask = inputs.get("attention_mask")
+        mask = jnp.ones(ids.shape, jnp.int32) if mask is None else jnp.asarray(mask)
+        model.check_inputs(ids, mask)
+        return dict(input_ids=ids.astype(jnp.int32), attention_mask=mask.astype(jnp.int32))
+
+
+def _split_inputs(inputs) -> tuple[Inputs, Inputs]:
+    if isinstance(inputs, Mapping):
+        return inputs, inputs
+    inputs = list(inputs)
+    if len(inputs) != 2 or not all(isinstance(x, Mapping) for x in inputs):
+        raise ValueError(
+            "inputs must be one dict shared by both models or a pair (swift_inputs, "
+            f"super_inputs), got {len(inputs)} items"
+        )
+    a, b = inputs
+    na, nb = np.shape(a.get("input_ids"))[:1], np.shape(b.get("input_ids"))[:1]
+    if na != nb:
+        raise ValueError(f"swift and super inputs have different batch sizes: {na} vs {nb}")
+    return a, b
+
+
+# ---------------------------------------------------------------------------
+# Head targets and training
+# ---------------------------------------------------------------------------
+
+
+def normalize_tokens(
+    tokens: Int[Array, "m n"], *, eos_token_id: int = 1, pad_token_id: int = 0, length=None
+) -> np.ndarray:
+    """Greedy outputs made comparable: everything after a row's first EOS becomes pad, then
+    rows are right-padded (or cut) to `length` (default: their own width). Trailing pads
+    therefore never make two outputs differ; tokens before the EOS are kept as they are."""
+    t = np.asarray(tokens)
+    if t.ndim != 2:
+        raise ValueError(f"tokens must have shape [examples, length], got {t.shape}")
+    t = t.astype(np.int64, copy=True)
+    is_eos = t == eos_token_id
+    # Positions strictly after the first EOS of the row.
+    after = np.cumsum(is_eos, axis=1) - is_eos > 0
+    t[after] = pad_token_id
+    width = t.shape[1] if length is None else int(length)
+    if width > t.shape[1]:
+        t = np.pad(t, ((0, 0), (0, width - t.shape[1])), constant_values=pad_token_id)
+    elif width < t.shape[1]:
+        if (t[:, width:] != pad_token_id).any():
+            raise ValueError(f"cannot cut tokens to length {width}: real tokens beyond it")
+        t = t[:, :width]
+    return t
+
+
+def make_head_targets(
+    swift_tokens: Int[Array, "m n"],
+    super_tokens: Int[Array, "m n"],
+    *,
+    rule: str = "match_super",
+    quality_fn: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+    threshold: float | None = None,
+    eos_token_id: int = 1,
+    pad_token_id: int = 0,
+) -> np.ndarray:
+    """[m] int32 head targets: 1 where the Swift output is good enough, else 0.
+
+    Rules:
+      "match_super": the Swift output equals the Super output after normalisation
+        (`normalize_tokens`: pad after the first EOS, trailing pads ignored, widths may
+        differ).
+      "quality": `quality_fn(swift_norm, super_norm) -> [m]` (e.g. a sentence BLEU of Swift
+        against Super, or against references the function closes over) is >= `threshold`.
+    """
+    a = np.asarray(swift_tokens)
+    b = np.asarray(super_tokens)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"swift_tokens and super_tokens must be [m, n] with the same m, got {a.shape} "
+            f"and {b.shape}"
+        )
+    width = max(a.shape[1], b.shape[1])
+    kw = dict(eos_token_id=eos_token_id, pad_token_id=pad_token_id, length=width)
+    a, b = normalize_tokens(a, **kw), normalize_tokens(b, **kw)
+    if rule == "match_super":
+        if quality_fn is not None or threshold is not None:
+            raise ValueError("rule='match_super' takes no quality_fn or threshold")
+        return np.all(a == b, axis=1).astype(np.int32)
+    if rule == "quality":
+        if quality_fn is None or threshold is None or math.isnan(float(threshold)):
+            raise ValueError("rule='quality' needs quality_fn and a non-NaN threshold")
+        q = np.asarray(quality_fn(a, b), np.float64)
+        if q.shape != (a.shape[0],):
+            raise ValueError(f"quality_fn must return shape ({a.shape[0]},), got {q.shape}")
+        return (q >= float(threshold)).astype(np.int32)
+    raise ValueError(f"unknown rule {rule!r}; choose 'match_super' or 'quality'")
+
+
+def _class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """w_k = m / (K_present * count_k), so every present class weighs the same in total."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(num_classes, np.float64)
+    w[present] = targets.size / (present.sum() * counts[present])
+    return w.astype(np.float32)
+
+
+def train_energy_head(
+    head: EnergyHead,
+    features,
+    targets: Int[Array, " m"],
+    *,
+    steps: int = 300,
+    lr: float = 1e-2,
+    batch_size: int = 64,
+    seed: int = 0,
+    weight_decay: float = 1e-4,
+    temperature: float = 1.0,
+    energy_weight: float = 1.0,
+) -> tuple[EnergyHead, dict[str, np.ndarray]]:
+    """Fits `head` in place with AdamW; deterministic given the head's weights and `seed`.
+
+    Loss = class-balanced cross-entropy on the head's logits + `energy_weight` x
+    class-balanced logistic loss on the energy -F = energy_score(logits, temperature) with
+    the binary target "good enough" (target == num_classes - 1, i.e. class 1 for K = 2).
+    The second term makes the E-LANG score itself rise with the Swift output's quality;
+    set `energy_weight=0` for plain cross-entropy (e.g. when routing on max-prob).
+
+    Args:
+      head: the EnergyHead (updated in place and returned).
+      features: [m d] pooled features (`pooled_encoder_features`), or a pair
+        (swift, inputs dict with input_ids / attention_mask) to compute them here.
+      targets: [m] int class per example (`make_head_targets` for K = 2).
+      steps, lr, batch_size, seed, weight_decay: the optimisation. Minibatches are drawn
+        without replacement epoch by epoch from numpy's RandomState(seed).
+
+    Returns:
+      (head, history) with history["loss"] [steps] (the minibatch loss before each update)
+      and history["accuracy"] [] (argmax accuracy on all training examples at the end).
+    """
+    if isinstance(features, tuple):
+        swift, inputs = features
+        features = pooled_encoder_features(swift, inputs["input_ids"], inputs.get("attention_mask"))
+    x = np.asarray(features, np.float32)
+    y = np.asarray(targets)
+    if x.ndim != 2 or y.shape != x.shape[:1]:
+        raise ValueError(f"features must be [m, d] and targets [m], got {x.shape} and {y.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("training the head needs at least one example")
+    k = head.num_classes
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k:
+        raise ValueError(f"targets must be integers in [0, {k}), got {np.unique(y)[:10]}")
+    if steps < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(
+            f"need steps >= 1, batch_size >= 1, lr > 0; got {steps=}, {batch_size=}, {lr=}"
+        )
+    if math.isnan(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature=}")
+    y = y.astype(np.int32)
+    m = x.shape[0]
+    w_ce = jnp.asarray(_class_weights(y, k))
+    good = (y == k - 1).astype(np.int32)
+    w_en = jnp.asarray(_class_weights(good, 2))
+
+    graphdef, params = nnx.split(head)
+    tx = optax.adamw(lr, weight_decay=weight_decay)
+    opt_state = tx.init(params)
+
+    def loss_fn(params, xb, yb):
+        logits = nnx.merge(graphdef, params)(xb)
+        # Class-balanced cross-entropy.
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        wy = w_ce[yb]
+        loss = jnp.sum(wy * ce) / jnp.sum(wy)
+        # Class-balanced logistic loss on the energy: -F is the logit of "good enough".
+        gb = (yb == k - 1).astype(jnp.int32)
+        energy = score(Score.ENERGY, logits, temperature)
+        bce = optax.sigmoid_binary_cross_entropy(energy, gb.astype(jnp.float32))
+        wg = w_en[gb]
+        return loss + energy_weight * jnp.sum(wg * bce) / jnp.sum(wg)
+
+    @jax.jit
+    def update(params, opt_state, xb, yb):
+        loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.RandomState(seed)
+    bs = min(batch_size, m)
+    order = np.zeros(0, np.int64)
+    losses = np.zeros(steps, np.float32)
+    for i in range(steps):
+        if order.size < bs:
+            order = np.concatenate([order, rng.permutation(m)])
+        idx, order = order[:bs], order[bs:]
+        params, opt_state, loss = update(
+            params, opt_state, jnp.asarray(x[idx]), jnp.asarray(y[idx])
+        )
+        losses[i] = float(loss)
+    nnx.update(head, params)
+    pred = np.asarray(jnp.argmax(head(jnp.asarray(x)), axis=-1))
+    return head, dict(loss=losses, accuracy=np.asarray(np.mean(pred == y), np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Costs and calibration
+# ---------------------------------------------------------------------------
+
+
+def t5_flops(config: T5Config, source_len: int, new_tokens: int) -> tuple[int, int]:
+    """(encoder, decoder) analytic FLOPs of one example: greedy decoding of `new_tokens`
+    tokens with the static KV cache of `t5_greedy` (every step attends over all
+    `new_tokens` slots and over the `source_len` encoder positions), LM head included."""
+    d, inner = config.d_model, config.num_heads * config.d_kv
+    gated = config.is_gated
+    encoder = config.num_layers * (
+        attention_flops(source_len, source_len, d, inner)
+        + ffn_flops(source_len, d, config.d_ff, gated)
+    )
+    n = new_tokens
+    decoder_layer = (
+        attention_flops(n, n, d, inner)  # self-attention over the static cache
+        + attention_flops(n, source_len, d, inner)  # cross-attention (keys/values once)
+        + ffn_flops(n, d, config.d_ff, gated)
+    )
+    decoder = config.num_decoder_layers * decoder_layer + 2 * n * d * config.vocab_size
+    return int(encoder), int(decoder)
+
+
+def seq2seq_tier_costs(
+    swift: T5Config,
+    super_config: T5Config,
+    source_len: int,
+    new_tokens: int,
+    *,
+    super_source_len: int | None = None,
+    head: EnergyHead | None = None,
+) -> np.ndarray:
+    """[2] relative cost (Super encode + decode = 1) of a kept and of an escalated example.
+
+    kept      = Swift encoder + head + Swift decoder
+    escalated = Swift encoder + head + Super encoder + Super decoder
+    """
+    s_enc, s_dec = t5_flops(swift, source_len, new_tokens)
+    p_enc, p_dec = t5_flops(
+        super_config, source_len if super_source_len is None else super_source_len, new_tokens
+    )
+    h = 0
+    if head is not None:
+        width = head.d_model if head.hidden is None else head.hidden.out_features
+        h = 2 * head.d_model * (0 if head.hidden is None else width) + 2 * width * head.num_classes
+    full = float(p_enc + p_dec)
+    return np.asarray([(s_enc + h + s_dec) / full, (s_enc + h + p_enc + p_dec) / full])
+
+
+def calibrate_seq2seq_threshold(
+    scores: Float[Array, " m"],
+    swift_good: Bool[Array, " m"],
+    costs: Sequence[float] | np.ndarray,
+    target: CalibrationTarget,
+) -> OperatingPoint:
+    """The threshold for an `ElangSeq2Seq` on a calibration split; `.setting[0]` holds it.
+
+    Quality is relative to the Super model: the Super output counts as right on every
+    example and a kept example is right when `swift_good` (e.g. `make_head_targets`), so
+    `target.epsilon` bounds the share of examples whose output differs from (or is worse
+    than) the Super's.
+
+    Args:
+      scores: [m] routing scores (`ElangSeq2Seq.head_scores`) on the calibration split.
+      swift_good: [m] whether the Swift output is good enough on each example.
+      costs: [2] or [m, 2] cost of a kept and of an escalated example
+        (`seq2seq_tier_costs`).
+      target: the calibration objective.
+    """
+    s = np.asarray(scores, np.float64)
+    good = np.asarray(swift_good).astype(bool)
+    if s.ndim != 1 or good.shape != s.shape:
+        raise ValueError(f"scores and swift_good must be [m], got {s.shape} and {good.shape}")
+    if np.isnan(s).any():
+        raise ValueError("scores hold NaN")
+    c = np.asarray(costs, np.float64)
+    if c.shape[-1:] != (2,) or c.ndim > 2:
+        raise ValueError(f"costs must be [2] or [m, 2] (kept, escalated), got {c.shape}")
+    # calibrate_thresholds charges an escalated example tier 0 + tier 1: the escalated cost
+    # already includes the Swift encoder and skips the Swift decoder, hence the difference.
+    tier_costs = np.stack([c[..., 0], c[..., 1] - c[..., 0]], axis=-1)
+    scores2 = np.stack([s, np.zeros_like(s)], axis=1)
+    correct = np.stack([good, np.ones_like(good)], axis=1)
+    return calibrate_thresholds(scores2, correct, tier_costs, target)
