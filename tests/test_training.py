@@ -321,3 +321,29 @@ def test_final_model_loads_with_from_pretrained(tokenizer_dir, full_run):
     again = training.evaluate(model, encoded, config.eval_batch_size, config.buckets)
     assert again["accuracy"] == metrics["accuracy"]
     assert again["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+
+def test_holdout_difficulty_labels_and_dar_training(tokenizer_dir, tmp_path):
+    """The CascadeBERT pipeline on a tiny run: held-out examples are never trained on,
+    difficulty labels come from the run's own checkpoints, and the DAR loss trains."""
+    small = _config(tokenizer_dir, holdout=16, save_every=2, keep_checkpoints=10, max_steps=6)
+    run = tmp_path / "swift"
+    training.train_and_evaluate(small, run)
+    preds, labels, steps = training.checkpoint_predictions(run, 3, config=small)
+    assert preds.shape == (3, 48) and labels.shape == (48,) and len(steps) == 3
+    # The labels are those of the training examples left after the holdout, in order.
+    train = data.read_glue("sst2", "train")
+    kept, held = data.holdout_split(len(train), 16, 0)
+    np.testing.assert_array_equal(labels, train.labels[kept[:48]])
+    assert not set(held) & set(kept)
+    hard = training.difficulty_labels(preds, labels)
+    np.testing.assert_array_equal(hard, (preds != labels).any(0))
+    np.save(tmp_path / "hard.npy", hard)
+    dar = small.replace(difficulty_file=str(tmp_path / "hard.npy"), dar_weight=1.0)
+    metrics = training.train_and_evaluate(dar, tmp_path / "dar")
+    assert metrics["step"] == 6
+    np.save(tmp_path / "bad.npy", hard[:10])
+    with pytest.raises(ValueError, match=r"must hold \[48\] bool flags"):
+        training.train_and_evaluate(
+            small.replace(difficulty_file=str(tmp_path / "bad.npy")), tmp_path / "bad"
+        )

@@ -41,6 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-limit", type=int, help="train on the first N examples only")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--holdout", type=int, help="training examples set aside for calibration")
+    p.add_argument("--holdout-seed", type=int)
+    p.add_argument("--num-layers", type=int, help="keep only the checkpoint's first N layers")
+    p.add_argument("--difficulty-file", help="hard flags (.npy) for CascadeBERT's DAR loss")
+    p.add_argument("--dar-weight", type=float)
+    p.add_argument("--dar-margin", type=float)
+    p.add_argument("--save-every", type=int)
+    p.add_argument("--keep-checkpoints", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -56,6 +64,14 @@ def build_config(args: argparse.Namespace) -> training.FinetuneConfig:
         "train_limit": args.train_limit,
         "eval_every": args.eval_every,
         "seed": args.seed,
+        "holdout": args.holdout,
+        "holdout_seed": args.holdout_seed,
+        "num_layers": args.num_layers,
+        "difficulty_file": args.difficulty_file,
+        "dar_weight": args.dar_weight,
+        "dar_margin": args.dar_margin,
+        "save_every": args.save_every,
+        "keep_checkpoints": args.keep_checkpoints,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.bf16:

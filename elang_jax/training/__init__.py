@@ -11,6 +11,13 @@ Typical use::
 # Configuration and presets.
 from elang_jax.training._config import FinetuneConfig, Schedule, sst2_minilm, tiny
 
+# CascadeBERT difficulty labels.
+from elang_jax.training._difficulty import (
+    checkpoint_predictions,
+    difficulty_labels,
+    load_run_config,
+)
+
 # Training pieces.
 from elang_jax.training._finetune import (
     build_model,
@@ -30,6 +37,10 @@ __all__ = [
     "Schedule",
     "sst2_minilm",
     "tiny",
+    # Difficulty labels
+    "checkpoint_predictions",
+    "difficulty_labels",
+    "load_run_config",
     # Training
     "build_model",
     "classification_metrics",

@@ -70,6 +70,16 @@ class FinetuneConfig:
       eval_split: split to evaluate on.
       train_limit: train on the first `train_limit` examples only (quick runs); None: all.
       eval_limit: evaluate on the first `eval_limit` examples only; None: all.
+      holdout: set aside this many training examples (a seeded random subset, see
+        `elang_jax.data.holdout_split`) for calibrating thresholds; never trained on.
+      holdout_seed: seed of that subset.
+      num_layers: keep only the first `num_layers` layers of the checkpoint (a Swift model
+        built from a larger one); None: all.
+      difficulty_file: a .npy of per-example "hard" flags over the (held-out-filtered) training
+        set, from train/difficulty_labels.py; turns on CascadeBERT's difficulty-aware ranking
+        loss on the model's max-softmax confidence.
+      dar_weight: weight of that loss (lambda).
+      dar_margin: its margin m.
     """
 
     task: str
@@ -102,6 +112,12 @@ class FinetuneConfig:
     eval_split: str = "dev"
     train_limit: int | None = None
     eval_limit: int | None = None
+    holdout: int = 0
+    holdout_seed: int = 0
+    num_layers: int | None = None
+    difficulty_file: str | None = None
+    dar_weight: float = 0.5
+    dar_margin: float = 0.5
 
     def __post_init__(self):
         # Imported here so that building a config does not read the GLUE registry at import.
@@ -149,7 +165,11 @@ class FinetuneConfig:
         for name in ("eval_every", "save_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
-        for name in ("max_steps", "train_limit", "eval_limit"):
+        if self.holdout < 0 or self.holdout_seed < 0:
+            raise ValueError(f"holdout and holdout_seed must be >= 0, got {self.holdout=}")
+        if self.dar_weight < 0 or self.dar_margin < 0:
+            raise ValueError(f"dar_weight and dar_margin must be >= 0, got {self.dar_weight=}")
+        for name in ("max_steps", "train_limit", "eval_limit", "num_layers"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be positive or None, got {name}={value}")

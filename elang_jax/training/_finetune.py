@@ -35,6 +35,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 from elang_jax import data
+from elang_jax.cascade._dar import difficulty_ranking_loss
 from elang_jax.models import BertForSequenceClassification
 from elang_jax.training._config import FinetuneConfig, Schedule
 
@@ -149,7 +150,10 @@ TrainStep = Callable[[Any, Any, Any, Mapping[str, Any], Any], tuple[Any, Any, di
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, dropout_key: jax.Array
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    dropout_key: jax.Array,
+    dar: tuple[float, float] | None = None,
 ) -> TrainStep:
     """A jitted functional train step for a split classifier.
 
@@ -158,6 +162,8 @@ def make_train_step(
       optimizer: the optax transformation (e.g. `make_optimizer`).
       dropout_key: base key; step `s` drops out with `fold_in(dropout_key, s)`, so a resumed
         run draws the same masks as an uninterrupted one.
+      dar: (weight, margin) of CascadeBERT's difficulty-aware ranking loss, added to the
+        cross-entropy; the batch then carries a [b] bool `hard`.
 
     Returns:
       `step_fn(params, rest, opt_state, batch, step) -> (params, opt_state, metrics)`, where
@@ -177,7 +183,14 @@ def make_train_step(
             logits = model(
                 batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], rngs=rngs
             ).logits
-            return masked_cross_entropy(logits, batch["labels"], batch["valid"])
+            loss = masked_cross_entropy(logits, batch["labels"], batch["valid"])
+            if dar is not None:
+                confidence = jax.nn.softmax(logits.astype(jnp.float32), -1).max(-1)
+                pair_key = jax.random.fold_in(key, 1)
+                loss = loss + dar[0] * difficulty_ranking_loss(
+                    confidence, batch["hard"], pair_key, dar[1], batch["valid"]
+                )
+            return loss
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -307,6 +320,8 @@ def build_model(config: FinetuneConfig) -> BertForSequenceClassification:
     overrides: dict[str, Any] = {}
     if config.dropout is not None:
         overrides.update(hidden_dropout=config.dropout, attention_dropout=config.dropout)
+    if config.num_layers is not None:
+        overrides["num_layers"] = config.num_layers
     dtype = jnp.bfloat16 if config.bf16 else None
     if config.model_dir is not None:
         from elang_jax.hf import from_pretrained
@@ -327,7 +342,12 @@ def build_model(config: FinetuneConfig) -> BertForSequenceClassification:
 
 
 def _encode(tokenizer: Any, config: FinetuneConfig, split: str, limit: int | None, vocab: int):
-    examples = _subset(data.read_glue(config.task, split), limit)
+    examples = data.read_glue(config.task, split)
+    if split == "train" and config.holdout:
+        # The held-out examples calibrate thresholds later: they must never be trained on.
+        kept, _ = data.holdout_split(len(examples), config.holdout, config.holdout_seed)
+        examples = data.select_examples(examples, kept)
+    examples = _subset(examples, limit)
     encoded = data.encode_glue(
         tokenizer, examples, config.max_length, truncate=config.truncate, vocab_size=vocab
     )
@@ -341,6 +361,19 @@ def _encode(tokenizer: Any, config: FinetuneConfig, split: str, limit: int | Non
             config.max_length,
         )
     return encoded
+
+
+def _difficulty(config: FinetuneConfig, n: int) -> np.ndarray | None:
+    """Per-example "hard" flags for the difficulty-aware loss, checked against the train set."""
+    if config.difficulty_file is None:
+        return None
+    hard = np.load(config.difficulty_file)
+    if hard.shape != (n,) or hard.dtype != bool:
+        raise ValueError(
+            f"{config.difficulty_file} must hold [{n}] bool flags (one per training example "
+            f"after the holdout), got {hard.dtype} {hard.shape}"
+        )
+    return hard
 
 
 class _MetricsLog:
@@ -405,6 +438,7 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
     model = build_model(config)
     vocab = model.config.vocab_size
     train_set = _encode(tokenizer, config, config.train_split, config.train_limit, vocab)
+    hard = _difficulty(config, len(train_set))
     eval_set = _encode(tokenizer, config, config.eval_split, config.eval_limit, vocab)
     buckets = data.LengthBuckets(config.buckets)
 
@@ -494,11 +528,14 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
                 sort_by_length=config.sort_by_length,
             )
             for batch in _take(batches, end_step - state.step):
+                device_batch = _device_batch(batch)
+                if hard is not None:
+                    device_batch["hard"] = np.where(batch.valid, hard[batch.index], False)
                 params, opt_state, step_metrics = train_step(
                     state.params,
                     rest,
                     state.opt_state,
-                    _device_batch(batch),
+                    device_batch,
                     np.int32(state.step),
                 )
                 state = _TrainState(params, opt_state, state.step + 1)
@@ -571,7 +608,8 @@ def _optimizer_and_train_step(
     # Compiling a train step takes seconds; runs in one process that share the model and the
     # optimizer settings (a run and the run resuming it, tests) share the compiled step.
     optimizer = make_optimizer(config, total_steps)
-    return optimizer, make_train_step(graphdef, optimizer, jax.random.key(config.seed))
+    dar = None if config.difficulty_file is None else (config.dar_weight, config.dar_margin)
+    return optimizer, make_train_step(graphdef, optimizer, jax.random.key(config.seed), dar)
 
 
 def _abstract(tree: Any) -> Any:
