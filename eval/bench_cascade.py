@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -94,8 +93,13 @@ def main() -> None:
     dev = D.encode_glue(tokenizer, D.read_glue(args.task, "dev"), 128)
 
     cfg = {k: m.config for k, m in models.items()}
-    logits = {k: {"calib": dataset_logits(m, calib, 64, buckets),
-                  "dev": dataset_logits(m, dev, 64, buckets)} for k, m in models.items()}
+    logits = {
+        k: {
+            "calib": dataset_logits(m, calib, 64, buckets),
+            "dev": dataset_logits(m, dev, 64, buckets),
+        }
+        for k, m in models.items()
+    }
     y_cal, y_dev = calib.labels, dev.labels
 
     def acc(lg, y):
@@ -110,40 +114,70 @@ def main() -> None:
         b.num_valid * classifier_flops(cfg["super"], b.input_ids.shape[1]) for b in dev_batches
     )
     rows = [
-        dict(method="Super alone", accuracy=acc(logits["super"]["dev"], y_dev), to_super=1.0,
-             flop_speedup=1.0, measured_speedup=1.0, super_ms=1e3 * super_time),
+        dict(
+            method="Super alone",
+            accuracy=acc(logits["super"]["dev"], y_dev),
+            to_super=1.0,
+            flop_speedup=1.0,
+            measured_speedup=1.0,
+            super_ms=1e3 * super_time,
+        ),
     ]
     for key in [k for k in models if k != "super"]:
         swift_time = _time_total(_forward(models[key]), dev_batches, args.repeats)
-        fl = sum(b.num_valid * classifier_flops(cfg[key], b.input_ids.shape[1]) for b in dev_batches)
-        rows.append(dict(method=f"{key} alone", accuracy=acc(logits[key]["dev"], y_dev),
-                         to_super=0.0, flop_speedup=super_flops / fl,
-                         measured_speedup=super_time / swift_time))
+        fl = sum(
+            b.num_valid * classifier_flops(cfg[key], b.input_ids.shape[1]) for b in dev_batches
+        )
+        rows.append(
+            dict(
+                method=f"{key} alone",
+                accuracy=acc(logits[key]["dev"], y_dev),
+                to_super=0.0,
+                flop_speedup=super_flops / fl,
+                measured_speedup=super_time / swift_time,
+            )
+        )
 
     lengths_cal = calib.lengths
     for name, key, kind, note in METHODS:
         if key not in models:
             continue
         s_cal = np.asarray(score(kind, logits[key]["calib"]))
-        correct = np.stack([logits[key]["calib"].argmax(-1) == y_cal,
-                            logits["super"]["calib"].argmax(-1) == y_cal], 1)
+        correct = np.stack(
+            [
+                logits[key]["calib"].argmax(-1) == y_cal,
+                logits["super"]["calib"].argmax(-1) == y_cal,
+            ],
+            1,
+        )
         sup_f = np.array([classifier_flops(cfg["super"], int(n)) for n in lengths_cal], float)
         sw_f = np.array([classifier_flops(cfg[key], int(n)) for n in lengths_cal], float)
         costs = np.stack([sw_f / sup_f, np.ones_like(sup_f)], 1)
         op = calibrate_thresholds(
-            np.stack([s_cal, np.zeros_like(s_cal)], 1), correct, costs,
+            np.stack([s_cal, np.zeros_like(s_cal)], 1),
+            correct,
+            costs,
             CalibrationTarget(epsilon=args.epsilon),
         )
         threshold = float(op.setting[0])
-        cascade = Cascade([
-            Tier(models[key], TierConfig(name=key, score=kind, threshold=threshold)),
-            Tier(models["super"], TierConfig(name="super")),
-        ], bucket_fractions=tuple(i / 16 for i in range(17)))
+        cascade = Cascade(
+            [
+                Tier(models[key], TierConfig(name=key, score=kind, threshold=threshold)),
+                Tier(models["super"], TierConfig(name="super")),
+            ],
+            bucket_fractions=tuple(i / 16 for i in range(17)),
+        )
         step = cascade.serving_step(args.batch_size)
 
         def run(b, step=step):
-            return step(dict(input_ids=b.input_ids, attention_mask=b.attention_mask,
-                             token_type_ids=b.token_type_ids), valid=b.valid)
+            return step(
+                dict(
+                    input_ids=b.input_ids,
+                    attention_mask=b.attention_mask,
+                    token_type_ids=b.token_type_ids,
+                ),
+                valid=b.valid,
+            )
 
         preds, tiers, idx = [], [], []
         flops = 0.0
@@ -164,22 +198,34 @@ def main() -> None:
         cascade_time = _time_total(run, dev_batches, args.repeats)
         flop_speedup = super_flops / flops
         measured = super_time / cascade_time
-        rows.append(dict(
-            method=name, accuracy=float((pred == y_dev).mean()), to_super=float(tier.mean()),
-            flop_speedup=flop_speedup, measured_speedup=measured,
-            measured_over_flop=measured / flop_speedup, threshold=threshold,
-            calib_accuracy=op.accuracy, calib_super_accuracy=op.reference_accuracy,
-            offline_agreement=agree, note=note,
-        ))
+        rows.append(
+            dict(
+                method=name,
+                accuracy=float((pred == y_dev).mean()),
+                to_super=float(tier.mean()),
+                flop_speedup=flop_speedup,
+                measured_speedup=measured,
+                measured_over_flop=measured / flop_speedup,
+                threshold=threshold,
+                calib_accuracy=op.accuracy,
+                calib_super_accuracy=op.reference_accuracy,
+                offline_agreement=agree,
+                note=note,
+            )
+        )
 
-    print(f"task {args.task}, dev {len(dev)} examples, calibration = {args.holdout} held-out "
-          f"train examples, batch {args.batch_size}, device {jax.devices()[0]}")
+    print(
+        f"task {args.task}, dev {len(dev)} examples, calibration = {args.holdout} held-out "
+        f"train examples, batch {args.batch_size}, device {jax.devices()[0]}"
+    )
     print(f"{'method':<24} {'acc':>6} {'->Super':>8} {'FLOP x':>7} {'meas. x':>8} {'meas/FLOP':>9}")
     for r in rows:
         ratio = r.get("measured_over_flop")
-        print(f"{r['method']:<24} {100 * r['accuracy']:6.2f} {100 * r['to_super']:7.1f}% "
-              f"{r['flop_speedup']:7.2f} {r['measured_speedup']:8.2f} "
-              f"{'' if ratio is None else f'{ratio:9.2f}'}")
+        print(
+            f"{r['method']:<24} {100 * r['accuracy']:6.2f} {100 * r['to_super']:7.1f}% "
+            f"{r['flop_speedup']:7.2f} {r['measured_speedup']:8.2f} "
+            f"{'' if ratio is None else f'{ratio:9.2f}'}"
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(dict(args=vars(args), rows=rows), indent=2))

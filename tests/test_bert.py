@@ -253,9 +253,7 @@ def test_real_minilm_matches_transformers(minilm_dir):
     ours = from_pretrained(minilm_dir)
     theirs = transformers.BertModel.from_pretrained(str(minilm_dir)).eval()
     with torch.no_grad():
-        ref = theirs(
-            **{k: torch.tensor(v) for k, v in enc.items()}
-        ).last_hidden_state.numpy()
+        ref = theirs(**{k: torch.tensor(v) for k, v in enc.items()}).last_hidden_state.numpy()
     out = ours(
         jnp.asarray(enc["input_ids"], jnp.int32),
         jnp.asarray(enc["attention_mask"], jnp.int32),
@@ -273,15 +271,17 @@ def test_first_layers_of_a_checkpoint(tmp_path, rng):
     ids, mask = _inputs(rng, 0)
     with torch.no_grad():
         ref = hf(
-            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), output_hidden_states=True
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            output_hidden_states=True,
         ).hidden_states[1]
     out = model(jnp.asarray(ids), jnp.asarray(mask)).encoder.last_hidden_state
     assert_close(out, ref.numpy())
     # Without the override, a checkpoint with more layers than the config is an error.
     with pytest.raises(CheckpointMismatchError, match="encoder.layer.1"):
-        from elang_jax.hf._rules import load_into
         from elang_jax.hf._bert_map import rules
         from elang_jax.hf._io import read_tensors
+        from elang_jax.hf._rules import load_into
 
         rs = rules(model.config, "sequence_classification", "base")
         load_into(model, read_tensors(path), rs.rules, aliases=rs.aliases, ignore=rs.ignore)

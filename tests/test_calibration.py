@@ -94,7 +94,9 @@ def test_accuracy_and_budget_objectives():
     assert op_b.cost <= 0.6
     assert op_b.accuracy == pytest.approx(corr[cost <= 0.6].mean(1).max())
     with pytest.raises(ValueError, match="no candidate meets budget 0.1"):
-        calibrate_thresholds(scores, correct, costs, CalibrationTarget(objective="budget", budget=0.1))
+        calibrate_thresholds(
+            scores, correct, costs, CalibrationTarget(objective="budget", budget=0.1)
+        )
 
 
 def test_clopper_pearson_matches_known_values():

@@ -42,11 +42,7 @@ def pool():
 def cascade(pool):
     swift, sup = _model(1, 1), _model(2, 2)
     ids, mask = pool
-    s = np.asarray(
-        jnp.max(
-            jnp.asarray(swift(jnp.asarray(ids), jnp.asarray(mask)).logits), axis=-1
-        )
-    )
+    s = np.asarray(jnp.max(jnp.asarray(swift(jnp.asarray(ids), jnp.asarray(mask)).logits), axis=-1))
     del s
     tiers = [
         Tier(swift, TierConfig(name="swift", score="max_prob", threshold=0.5)),
@@ -67,8 +63,11 @@ def cascade(pool):
 
 
 def _inputs(ids, mask):
-    return dict(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask),
-                token_type_ids=jnp.zeros_like(jnp.asarray(ids)))
+    return dict(
+        input_ids=jnp.asarray(ids),
+        attention_mask=jnp.asarray(mask),
+        token_type_ids=jnp.zeros_like(jnp.asarray(ids)),
+    )
 
 
 def test_all_to_super_and_none_to_super(cascade, pool):
@@ -96,10 +95,14 @@ def test_batch_invariance_every_bucket(cascade, pool, data):
     hard_pool, easy_pool = np.flatnonzero(~easy), np.flatnonzero(easy)
     # Choose how many examples escalate, so every bucket (0, 1, 2, 4, 8) is hit.
     n_hard = data.draw(st.sampled_from([0, 1, 2, 3, 4, 5, 8]))
-    rows = np.concatenate([
-        data.draw(st.lists(st.sampled_from(list(hard_pool)), min_size=n_hard, max_size=n_hard)),
-        data.draw(st.lists(st.sampled_from(list(easy_pool)), min_size=B - n_hard, max_size=B - n_hard)),
-    ]).astype(int)
+    rows = np.concatenate(
+        [
+            data.draw(st.lists(st.sampled_from(list(hard_pool)), min_size=n_hard, max_size=n_hard)),
+            data.draw(
+                st.lists(st.sampled_from(list(easy_pool)), min_size=B - n_hard, max_size=B - n_hard)
+            ),
+        ]
+    ).astype(int)
     rows = np.asarray(data.draw(st.permutations(list(rows))))
     step, alone = c.serving_step(B), c.serving_step(1)
     out = step(_inputs(ids[rows], mask[rows]))
@@ -166,13 +169,20 @@ def test_bad_input():
     with pytest.raises(ValueError, match="temperature must be > 0"):
         TierConfig(name="x", temperature=float("nan"))
     with pytest.raises(ValueError, match="mismatched label spaces"):
-        Cascade([Tier(_model(1, 0, 2), TierConfig(name="a")),
-                 Tier(_model(1, 0, 3), TierConfig(name="b"))])
+        Cascade(
+            [
+                Tier(_model(1, 0, 2), TierConfig(name="a")),
+                Tier(_model(1, 0, 3), TierConfig(name="b")),
+            ]
+        )
     with pytest.raises(ValueError, match="at least 2 tiers"):
         Cascade([Tier(_model(1, 0), TierConfig(name="a"))])
-    c = Cascade([Tier(_model(1, 0), TierConfig(name="a")), Tier(_model(1, 1), TierConfig(name="b"))])
+    c = Cascade(
+        [Tier(_model(1, 0), TierConfig(name="a")), Tier(_model(1, 1), TierConfig(name="b"))]
+    )
     with pytest.raises(ValueError, match="non-NaN"):
-        c.serving_step(2)(_inputs(np.ones((2, 4), np.int32), np.ones((2, 4), np.int32)),
-                          thresholds=[float("nan")])
+        c.serving_step(2)(
+            _inputs(np.ones((2, 4), np.int32), np.ones((2, 4), np.int32)), thresholds=[float("nan")]
+        )
     with pytest.raises(ValueError, match="built for batch 2"):
         c.serving_step(2)(_inputs(np.ones((3, 4), np.int32), np.ones((3, 4), np.int32)))

@@ -121,7 +121,9 @@ class Cascade:
             raise ValueError(f"need {len(self.tiers) - 1} thresholds, got {len(thresholds)}")
         tiers = [
             dataclasses.replace(t, config=dataclasses.replace(t.config, threshold=float(th)))
-            for t, th in zip(self.tiers, [*thresholds, self.tiers[-1].config.threshold], strict=True)
+            for t, th in zip(
+                self.tiers, [*thresholds, self.tiers[-1].config.threshold], strict=True
+            )
         ]
         return Cascade(tiers, self.bucket_fractions)
 
@@ -289,4 +291,3 @@ def _jitted_logits(model: nnx.Module):
         )
 
     return lambda ids, mask, types: forward(state, ids, mask, types)
-

@@ -138,7 +138,5 @@ def compact_apply(
 
         return run
 
-    out = jax.lax.switch(
-        packing.bucket, [branch(n) for n in buckets], (inputs, default, packing)
-    )
+    out = jax.lax.switch(packing.bucket, [branch(n) for n in buckets], (inputs, default, packing))
     return out, packing

@@ -50,7 +50,9 @@ def from_pretrained(
         raise ValueError(f"{path / _io.CONFIG} has no 'model_type'")
     family = family_for_model_type(model_type)
     archs = hf_config.get("architectures") or []
-    checkpoint_head = next((family.architectures[a] for a in archs if a in family.architectures), None)
+    checkpoint_head = next(
+        (family.architectures[a] for a in archs if a in family.architectures), None
+    )
     if head is None:
         if checkpoint_head is None:
             raise ValueError(
@@ -59,7 +61,9 @@ def from_pretrained(
             )
         head = checkpoint_head
     if head not in family.heads:
-        raise ValueError(f"unknown head {head!r} for {family.name}; choose from {sorted(family.heads)}")
+        raise ValueError(
+            f"unknown head {head!r} for {family.name}; choose from {sorted(family.heads)}"
+        )
 
     try:
         config = family.config_from_hf(hf_config)

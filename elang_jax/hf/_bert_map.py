@@ -72,11 +72,14 @@ def config_to_hf(config: BertConfig, architecture: str):
 
 def export_architecture(config: BertConfig, head: str) -> str:
     prefix = "Roberta" if config.model_type == "roberta" else "Bert"
-    return prefix + {
-        "base": "Model",
-        "sequence_classification": "ForSequenceClassification",
-        "masked_lm": "ForMaskedLM",
-    }[head]
+    return (
+        prefix
+        + {
+            "base": "Model",
+            "sequence_classification": "ForSequenceClassification",
+            "masked_lm": "ForMaskedLM",
+        }[head]
+    )
 
 
 def _backbone(config: BertConfig, hf: str, path: R.Path, pooler: bool, optional_pooler: bool):
@@ -151,8 +154,7 @@ def rules(config: BertConfig, head: str, checkpoint_head: str | None) -> RuleSet
 
 def dropped_layers(hf_config: dict, config: BertConfig) -> list[str]:
     return [
-        f"*encoder.layer.{i}.*"
-        for i in range(config.num_layers, hf_config["num_hidden_layers"])
+        f"*encoder.layer.{i}.*" for i in range(config.num_layers, hf_config["num_hidden_layers"])
     ]
 
 

@@ -57,7 +57,9 @@ def save_native(model: nnx.Module, path: str | os.PathLike) -> Path:
     family, head = family_and_head_for_model(model)
     config = model.config  # type: ignore[attr-defined]
     path.mkdir(parents=True, exist_ok=True)
-    meta = dict(format=FORMAT_VERSION, family=family.name, head=head, config=_config_to_json(config))
+    meta = dict(
+        format=FORMAT_VERSION, family=family.name, head=head, config=_config_to_json(config)
+    )
     params = nnx.state(model, nnx.Param)
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(path / "params", params, force=True)

@@ -89,7 +89,10 @@ def linear(hf_prefix: str, path: Path, *, bias: bool = True, optional: bool = Fa
 
 def conv1d(hf_prefix: str, path: Path) -> list[Rule]:
     """GPT-2's Conv1D already stores [in, out]."""
-    return [copy(f"{hf_prefix}.weight", (*path, "kernel")), copy(f"{hf_prefix}.bias", (*path, "bias"))]
+    return [
+        copy(f"{hf_prefix}.weight", (*path, "kernel")),
+        copy(f"{hf_prefix}.bias", (*path, "bias")),
+    ]
 
 
 def layer_norm(hf_prefix: str, path: Path, *, bias: bool = True, names=("weight", "bias")):

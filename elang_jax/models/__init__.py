@@ -1,17 +1,6 @@
 """Backbones and heads. Public names only; implementations live in private modules."""
 
 # Shared building blocks
-from elang_jax.models._common import (
-    Activation,
-    FeedForward,
-    KVCache,
-    MultiHeadAttention,
-    dot_product_attention,
-)
-
-# Outputs
-from elang_jax.models._outputs import ClassifierOutput, EncoderOutput, LMOutput
-
 # BERT family
 from elang_jax.models._bert import (
     BertConfig,
@@ -21,15 +10,12 @@ from elang_jax.models._bert import (
     PositionStyle,
     num_parameters,
 )
-
-# T5 encoder-decoder
-from elang_jax.models._t5 import (
-    T5Config,
-    T5DecoderCache,
-    T5EncoderModel,
-    T5ForConditionalGeneration,
-    relative_position_bucket,
-    t5_greedy,
+from elang_jax.models._common import (
+    Activation,
+    FeedForward,
+    KVCache,
+    MultiHeadAttention,
+    dot_product_attention,
 )
 
 # GPT-2 decoder
@@ -39,6 +25,19 @@ from elang_jax.models._gpt2 import (
     GPT2LMHeadModel,
     GPT2Model,
     greedy_decode,
+)
+
+# Outputs
+from elang_jax.models._outputs import ClassifierOutput, EncoderOutput, LMOutput
+
+# T5 encoder-decoder
+from elang_jax.models._t5 import (
+    T5Config,
+    T5DecoderCache,
+    T5EncoderModel,
+    T5ForConditionalGeneration,
+    relative_position_bucket,
+    t5_greedy,
 )
 
 __all__ = [

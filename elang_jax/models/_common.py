@@ -54,9 +54,7 @@ def check_mask(mask: Any, shape: tuple[int, ...], name: str = "attention_mask") 
 
 def check_length(length: int, limit: int, what: str = "sequence") -> None:
     if length > limit:
-        raise ValueError(
-            f"{what} length {length} exceeds the model's maximum of {limit} positions"
-        )
+        raise ValueError(f"{what} length {length} exceeds the model's maximum of {limit} positions")
 
 
 # ---------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def _check_temperature(temperature) -> None:
             raise ValueError(f"temperature must be a positive number, got {temperature}")
 
 
-def energy_score(logits: Float[Array, "... c"], temperature: float = 1.0) -> Float[Array, "..."]:
+def energy_score(logits: Float[Array, "... c"], temperature: float = 1.0) -> Float[Array, ...]:
     """E-LANG's negative free energy -F = T * logsumexp(z / T) over the last axis, float32.
 
     High for confident, in-distribution inputs.
@@ -80,10 +80,12 @@ _SCORES = {
 }
 
 
-def score(kind: Score | str, logits, temperature: float = 1.0) -> Float[Array, "..."]:
+def score(kind: Score | str, logits, temperature: float = 1.0) -> Float[Array, ...]:
     """Dispatches to the score named `kind` (see `Score`)."""
     try:
         kind = Score(kind)
     except ValueError:
-        raise ValueError(f"unknown score {kind!r}; choose from {[s.value for s in Score]}") from None
+        raise ValueError(
+            f"unknown score {kind!r}; choose from {[s.value for s in Score]}"
+        ) from None
     return _SCORES[kind](logits, temperature)

@@ -24,6 +24,9 @@ def assert_close(actual, expected, dtype=jnp.float32, err_msg: str = "") -> None
     """np.testing.assert_allclose with the tolerance of `dtype`."""
     atol, rtol = tolerances(dtype)
     np.testing.assert_allclose(
-        np.asarray(actual, np.float32), np.asarray(expected, np.float32), atol=atol, rtol=rtol,
+        np.asarray(actual, np.float32),
+        np.asarray(expected, np.float32),
+        atol=atol,
+        rtol=rtol,
         err_msg=err_msg,
     )

@@ -72,7 +72,9 @@ def checkpoint_predictions(
             train, config.eval_batch_size, buckets, shuffle=False, sort_by_length=True
         ):
             batch = dict(
-                input_ids=b.input_ids, attention_mask=b.attention_mask, token_type_ids=b.token_type_ids
+                input_ids=b.input_ids,
+                attention_mask=b.attention_mask,
+                token_type_ids=b.token_type_ids,
             )
             logits = np.asarray(_logits(g, state, batch))
             idx.append(b.index[b.valid])
