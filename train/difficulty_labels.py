@@ -25,7 +25,9 @@ def main() -> None:
     preds, labels, steps = checkpoint_predictions(args.workdir, args.checkpoints)
     hard = difficulty_labels(preds, labels)
     np.save(args.out, hard)
-    accs = ", ".join(f"step {s}: {100 * (p == labels).mean():.2f}%" for s, p in zip(steps, preds, strict=True))
+    accs = ", ".join(
+        f"step {s}: {100 * (p == labels).mean():.2f}%" for s, p in zip(steps, preds, strict=True)
+    )
     print(f"train accuracy per checkpoint: {accs}")
     print(f"hard: {hard.sum()} of {len(hard)} ({100 * hard.mean():.1f}%) -> {args.out}")
 
