@@ -14,11 +14,12 @@ from flax import nnx
 
 from elang_jax.hf import CheckpointMismatchError, from_pretrained, save_pretrained
 from elang_jax.models._gpt2 import GPT2Config, GPT2LMHeadModel, GPT2Model, greedy_decode
+from elang_jax.testing import tolerances
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-F32_ATOL = 1e-4  # max abs, float32 parity with PyTorch
+F32_ATOL, _ = tolerances(jnp.float32)  # max abs, float32 parity with PyTorch
 VOCAB, N_POS, N_LAYER, EOS = 101, 48, 3, 100
 
 
