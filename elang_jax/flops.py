@@ -35,3 +35,23 @@ def encoder_flops(config: Any, tokens: int, num_layers: int | None = None) -> in
 def classifier_flops(config: Any, tokens: int, num_layers: int | None = None) -> int:
     """Encoder plus a classification head on one sequence."""
     return encoder_flops(config, tokens, num_layers) + 2 * config.hidden_size * config.num_labels
+
+
+def t5_flops(config: Any, source_len: int, new_tokens: int) -> tuple[int, int]:
+    """(encoder, decoder) analytic FLOPs of one example: greedy decoding of `new_tokens`
+    tokens with the static KV cache of `t5_greedy` (every step attends over all
+    `new_tokens` slots and over the `source_len` encoder positions), LM head included."""
+    d, inner = config.d_model, config.num_heads * config.d_kv
+    gated = config.is_gated
+    encoder = config.num_layers * (
+        attention_flops(source_len, source_len, d, inner)
+        + ffn_flops(source_len, d, config.d_ff, gated)
+    )
+    n = new_tokens
+    decoder_layer = (
+        attention_flops(n, n, d, inner)  # self-attention over the static cache
+        + attention_flops(n, source_len, d, inner)  # cross-attention (keys/values once)
+        + ffn_flops(n, d, config.d_ff, gated)
+    )
+    decoder = config.num_decoder_layers * decoder_layer + 2 * n * d * config.vocab_size
+    return int(encoder), int(decoder)

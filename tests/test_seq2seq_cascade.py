@@ -23,9 +23,9 @@ from elang_jax.cascade._seq2seq import (
     normalize_tokens,
     pooled_encoder_features,
     seq2seq_tier_costs,
-    t5_flops,
     train_energy_head,
 )
+from elang_jax.flops import t5_flops
 from elang_jax.models._t5 import T5Config, T5ForConditionalGeneration
 from elang_jax.routing import energy_score
 from elang_jax.testing import assert_close

@@ -51,7 +51,7 @@ from jaxtyping import Array, Bool, Float, Int
 from elang_jax.calibration import CalibrationTarget, OperatingPoint
 from elang_jax.cascade._operating_points import calibrate_thresholds
 from elang_jax.core import bucket_sizes, compact_apply
-from elang_jax.flops import attention_flops, ffn_flops
+from elang_jax.flops import t5_flops
 from elang_jax.models._t5 import T5Config, T5ForConditionalGeneration
 from elang_jax.routing import Score, score
 
@@ -631,26 +631,6 @@ def train_energy_head(
 # ---------------------------------------------------------------------------
 # Costs and calibration
 # ---------------------------------------------------------------------------
-
-
-def t5_flops(config: T5Config, source_len: int, new_tokens: int) -> tuple[int, int]:
-    """(encoder, decoder) analytic FLOPs of one example: greedy decoding of `new_tokens`
-    tokens with the static KV cache of `t5_greedy` (every step attends over all
-    `new_tokens` slots and over the `source_len` encoder positions), LM head included."""
-    d, inner = config.d_model, config.num_heads * config.d_kv
-    gated = config.is_gated
-    encoder = config.num_layers * (
-        attention_flops(source_len, source_len, d, inner)
-        + ffn_flops(source_len, d, config.d_ff, gated)
-    )
-    n = new_tokens
-    decoder_layer = (
-        attention_flops(n, n, d, inner)  # self-attention over the static cache
-        + attention_flops(n, source_len, d, inner)  # cross-attention (keys/values once)
-        + ffn_flops(n, d, config.d_ff, gated)
-    )
-    decoder = config.num_decoder_layers * decoder_layer + 2 * n * d * config.vocab_size
-    return int(encoder), int(decoder)
 
 
 def seq2seq_tier_costs(
