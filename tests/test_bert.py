@@ -285,3 +285,30 @@ def test_first_layers_of_a_checkpoint(tmp_path, rng):
 
         rs = rules(model.config, "sequence_classification", "base")
         load_into(model, read_tensors(path), rs.rules, aliases=rs.aliases, ignore=rs.ignore)
+
+
+def test_hub_names_resolve_through_snapshot_download(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    local = _saved(tmp_path, _hf_model("bert", "ForSequenceClassification"))
+    calls = []
+
+    def fake_download(repo_id, **kw):
+        calls.append(repo_id)
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    model = from_pretrained("someone/tiny-bert")
+    assert calls == ["someone/tiny-bert"]
+    assert isinstance(model, BertForSequenceClassification)
+
+
+def test_hub_name_offline_gives_a_clear_error(monkeypatch):
+    import huggingface_hub
+
+    def offline(repo_id, **kw):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="could not be fetched from the Hugging Face hub"):
+        from_pretrained("someone/tiny-bert")

@@ -347,3 +347,12 @@ def test_holdout_difficulty_labels_and_dar_training(tokenizer_dir, tmp_path):
         training.train_and_evaluate(
             small.replace(difficulty_file=str(tmp_path / "bad.npy")), tmp_path / "bad"
         )
+
+
+def test_bf16_compute_trains_with_float32_parameters(tokenizer_dir, tmp_path):
+    config = _config(tokenizer_dir, bf16=True, max_steps=3)
+    model = training.build_model(config)
+    assert model.config.dtype == jnp.bfloat16
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    metrics = training.train_and_evaluate(config, tmp_path / "bf16")
+    assert metrics["step"] == 3 and np.isfinite(metrics["loss"])
