@@ -16,7 +16,6 @@ from elang_jax.cascade._seq2seq import (
     make_head_targets,
     pooled_encoder_features,
     seq2seq_tier_costs,
-    t5_greedy_from_encoder,
     train_energy_head,
 )
 
@@ -29,7 +28,6 @@ __all__ = [
     "make_head_targets",
     "pooled_encoder_features",
     "seq2seq_tier_costs",
-    "t5_greedy_from_encoder",
     "train_energy_head",
     "Cascade",
     "CascadeOutput",

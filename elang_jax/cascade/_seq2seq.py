@@ -52,7 +52,7 @@ from elang_jax.calibration import CalibrationTarget, OperatingPoint
 from elang_jax.cascade._operating_points import calibrate_thresholds
 from elang_jax.core import bucket_sizes, compact_apply
 from elang_jax.flops import t5_flops
-from elang_jax.models._t5 import T5Config, T5ForConditionalGeneration
+from elang_jax.models._t5 import T5Config, T5ForConditionalGeneration, t5_greedy_from_encoder
 from elang_jax.routing import Score, score
 
 # ---------------------------------------------------------------------------
@@ -199,48 +199,6 @@ def _pooled_jit(graphdef, state, input_ids, attention_mask):
 # ---------------------------------------------------------------------------
 # Greedy decoding from an encoder output
 # ---------------------------------------------------------------------------
-
-
-def t5_greedy_from_encoder(
-    model: T5ForConditionalGeneration,
-    encoder_hidden: Float[Array, "b s d"],
-    encoder_mask: Int[Array, "b s"],
-    *,
-    max_new_tokens: int,
-    done: Bool[Array, " b"] | None = None,
-) -> Int[Array, "b n"]:
-    """Greedy KV-cached decoding that starts from an encoder output already computed.
-
-    Same loop and outputs as `t5_greedy` (which encodes first): start token, argmax, pad
-    after EOS, stop once every row is done. Rows with `done` = True on entry are not
-    decoded (they emit pad) and do not keep the loop running: compaction buckets pass their
-    padding rows here so that they never lengthen the loop. Call it inside a trace (under
-    jit) on a merged model.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    c = model.config
-    b = encoder_hidden.shape[0]
-    cache = model.init_cache(b, max_new_tokens, encoder_hidden)
-    start = jnp.full((b,), c.decoder_start_token_id, jnp.int32)
-    # [b n]
-    tokens = jnp.full((b, max_new_tokens), c.pad_token_id, jnp.int32)
-    done = jnp.zeros((b,), bool) if done is None else done.astype(bool)
-
-    def cond(carry):
-        i, _, done, _, _ = carry
-        return (i < max_new_tokens) & ~jnp.all(done)
-
-    def body(carry):
-        i, token, done, cache, tokens = carry
-        out = model.decode(token[:, None], None, encoder_mask, cache, i)
-        new = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
-        new = jnp.where(done, c.pad_token_id, new)
-        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], i, axis=1)
-        return i + 1, new, done | (new == c.eos_token_id), out.cache, tokens
-
-    carry = (jnp.int32(0), start, done, cache, tokens)
-    return jax.lax.while_loop(cond, body, carry)[-1]
 
 
 # ---------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from elang_jax.models._t5 import (
     T5ForConditionalGeneration,
     relative_position_bucket,
     t5_greedy,
+    t5_greedy_from_encoder,
 )
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "greedy_decode",
     "relative_position_bucket",
     "t5_greedy",
+    "t5_greedy_from_encoder",
     "Activation",
     "BertConfig",
     "BertForMaskedLM",

@@ -834,15 +834,35 @@ def t5_greedy(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     model = nnx.merge(graphdef, state)
-    c = model.config
-    b = input_ids.shape[0]
     enc = model.encode(input_ids, attention_mask).last_hidden_state
-    # Cross-attention keys/values are computed before the loop, so the carry has a fixed
-    # structure and the loop body is the only copy of the decoder to compile.
-    cache = model.init_cache(b, max_new_tokens, enc)
+    return t5_greedy_from_encoder(model, enc, attention_mask, max_new_tokens=max_new_tokens)
+
+
+def t5_greedy_from_encoder(
+    model: T5ForConditionalGeneration,
+    encoder_hidden: Float[Array, "b s d"],
+    encoder_mask: Int[Array, "b s"],
+    *,
+    max_new_tokens: int,
+    done: Bool[Array, " b"] | None = None,
+) -> Int[Array, "b n"]:
+    """Greedy KV-cached decoding that starts from an encoder output already computed.
+
+    The decoding loop of `t5_greedy` (which encodes first): start token, argmax, pad
+    after EOS, stop once every row is done. Rows with `done` = True on entry are not
+    decoded (they emit pad) and do not keep the loop running: compaction buckets pass their
+    padding rows here so that they never lengthen the loop. Call it inside a trace (under
+    jit) on a merged model.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    c = model.config
+    b = encoder_hidden.shape[0]
+    cache = model.init_cache(b, max_new_tokens, encoder_hidden)
     start = jnp.full((b,), c.decoder_start_token_id, jnp.int32)
     # [b n]
     tokens = jnp.full((b, max_new_tokens), c.pad_token_id, jnp.int32)
+    done = jnp.zeros((b,), bool) if done is None else done.astype(bool)
 
     def cond(carry):
         i, _, done, _, _ = carry
@@ -850,14 +870,13 @@ def t5_greedy(
 
     def body(carry):
         i, token, done, cache, tokens = carry
-        # The token produced at step i-1 (the start token at step 0) enters at position i.
-        out = model.decode(token[:, None], None, attention_mask, cache, i)
+        out = model.decode(token[:, None], None, encoder_mask, cache, i)
         new = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
         new = jnp.where(done, c.pad_token_id, new)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], i, axis=1)
         return i + 1, new, done | (new == c.eos_token_id), out.cache, tokens
 
-    carry = (jnp.int32(0), start, jnp.zeros((b,), bool), cache, tokens)
+    carry = (jnp.int32(0), start, done, cache, tokens)
     return jax.lax.while_loop(cond, body, carry)[-1]
 
 
