@@ -186,3 +186,44 @@ def test_bad_input():
         )
     with pytest.raises(ValueError, match="built for batch 2"):
         c.serving_step(2)(_inputs(np.ones((3, 4), np.int32), np.ones((3, 4), np.int32)))
+
+
+def test_tiers_with_their_own_tokenizers(minilm_dir):
+    """Tiers may tokenize differently: each encodes the same examples with its own
+    tokenizer, and the offline path takes one dataset per tier."""
+    from elang_jax.data import load_tokenizer, read_glue
+
+    tok = load_tokenizer(minilm_dir)
+    examples = read_glue("sst2", "dev")
+    examples = type(examples)(text_a=examples.text_a[:12], text_b=None, labels=examples.labels[:12])
+    cfg = BertConfig.tiny(vocab_size=tok.vocab_size, max_position_embeddings=128)
+    lower = BertForSequenceClassification(cfg, rngs=nnx.Rngs(0))
+    upper = BertForSequenceClassification(cfg.replace(num_layers=3), rngs=nnx.Rngs(1))
+
+    class Prefixed:  # a second tokenizer that tokenizes differently (a prefix first)
+        vocab_size = tok.vocab_size
+
+        def __len__(self):
+            return len(tok)
+
+        def __call__(self, a, b=None, **kw):
+            return tok(["review: " + x for x in a], b, **kw)
+
+        def __getattr__(self, name):
+            return getattr(tok, name)
+
+    c = Cascade(
+        [
+            Tier(lower, TierConfig(name="a", score="max_prob", threshold=0.5), tokenizer=tok),
+            Tier(upper, TierConfig(name="b"), tokenizer=Prefixed()),
+        ]
+    )
+    per_tier = c.encode(examples, 128)
+    assert len(per_tier) == 2 and len(per_tier[0]) == 12
+    np.testing.assert_array_equal(per_tier[1].lengths, per_tier[0].lengths + 2)
+    res = c.predict_dataset(per_tier, LengthBuckets(lengths=(32, 128)))
+    assert set(np.unique(res["tier"])) <= {0, 1}
+    with pytest.raises(ValueError, match="tiers without a tokenizer"):
+        Cascade([Tier(lower, TierConfig(name="a")), Tier(upper, TierConfig(name="b"))]).encode(
+            examples, 128
+        )

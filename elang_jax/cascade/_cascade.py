@@ -225,6 +225,25 @@ class Cascade:
 
     # ------------------------------------------------------------------ offline path
 
+    def encode(self, examples, max_length: int, *, truncate: bool = False) -> list:
+        """Each tier's own tokenization of the same GLUE examples (for `predict_dataset` or
+        the per-tier inputs of `serving_step`). Every tier needs its `tokenizer`."""
+        from elang_jax.data import encode_glue
+
+        missing = [t.config.name for t in self.tiers if t.tokenizer is None]
+        if missing:
+            raise ValueError(f"tiers without a tokenizer: {missing}")
+        return [
+            encode_glue(
+                t.tokenizer,
+                examples,
+                max_length,
+                truncate=truncate,
+                vocab_size=t.model.config.vocab_size,  # type: ignore[attr-defined]
+            )
+            for t in self.tiers
+        ]
+
     def predict_dataset(self, encoded, length_buckets) -> dict[str, np.ndarray]:
         """TangoBERT's offline path over a whole dataset.
 
