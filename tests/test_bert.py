@@ -312,3 +312,26 @@ def test_hub_name_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(FileNotFoundError, match="could not be fetched from the Hugging Face hub"):
         from_pretrained("someone/tiny-bert")
+
+
+@pytest.mark.parametrize(
+    ("saved", "head", "new"),
+    [
+        ("Model", "masked_lm", "cls.predictions.transform.dense.weight"),
+        ("ForMaskedLM", "sequence_classification", "bert.pooler.dense.weight"),
+        ("ForSequenceClassification", "base", None),
+    ],
+)
+def test_loading_with_another_head(tmp_path, rng, caplog, saved, head, new):
+    hf = _hf_model("bert", saved)
+    with caplog.at_level(logging.WARNING):
+        model = from_pretrained(_saved(tmp_path, hf), head=head)
+    if new is not None:
+        assert new in caplog.text
+    ids, mask = _inputs(rng, 0)
+    base = hf.bert if hasattr(hf, "bert") else hf
+    with torch.no_grad():
+        ref = base(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    encoder = model if head == "base" else model.encoder
+    out = encoder(jnp.asarray(ids), jnp.asarray(mask))
+    assert_close(out.last_hidden_state, ref.last_hidden_state.numpy())

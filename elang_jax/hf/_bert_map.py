@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from elang_jax.hf import _rules as R
 from elang_jax.hf._registry import Family, RuleSet, register
 from elang_jax.models._bert import (
@@ -134,19 +136,23 @@ def rules(config: BertConfig, head: str, checkpoint_head: str | None) -> RuleSet
             rs += R.linear("classifier", ("head", "out"), optional=other_head)
     elif head == "masked_lm":
         if roberta:
-            rs += R.linear("lm_head.dense", ("transform",), optional=other_head)
+            rs += R.linear("lm_head.dense", ("transform",))
             rs += R.layer_norm("lm_head.layer_norm", ("transform_norm",))
-            rs.append(R.copy("lm_head.bias", ("bias",), optional=other_head))
+            rs.append(R.copy("lm_head.bias", ("bias",)))
             aliases["lm_head.bias"] = ["lm_head.decoder.bias"]
             ignore.append("lm_head.decoder.weight")  # tied to the word embeddings
         else:
-            rs += R.linear("cls.predictions.transform.dense", ("transform",), optional=other_head)
+            rs += R.linear("cls.predictions.transform.dense", ("transform",))
             rs += R.layer_norm("cls.predictions.transform.LayerNorm", ("transform_norm",))
-            rs.append(R.copy("cls.predictions.bias", ("bias",), optional=other_head))
+            rs.append(R.copy("cls.predictions.bias", ("bias",)))
             aliases["cls.predictions.bias"] = ["cls.predictions.decoder.bias"]
             ignore += ["cls.predictions.decoder.weight", "cls.seq_relationship.*"]
         if other_head:
-            rs = [r if not r.hf.startswith(("lm_head", "cls")) else _optional(r) for r in rs]
+            # A new masked-LM head on a checkpoint saved with another head.
+            rs = [
+                dataclasses.replace(r, optional=True) if r.hf.startswith(("lm_head", "cls")) else r
+                for r in rs
+            ]
     else:
         raise ValueError(f"unknown head {head!r} for the BERT family")
     return RuleSet(rs, aliases, ignore)
@@ -156,12 +162,6 @@ def dropped_layers(hf_config: dict, config: BertConfig) -> list[str]:
     return [
         f"*encoder.layer.{i}.*" for i in range(config.num_layers, hf_config["num_hidden_layers"])
     ]
-
-
-def _optional(rule: R.Rule) -> R.Rule:
-    import dataclasses
-
-    return dataclasses.replace(rule, optional=True)
 
 
 FAMILY = register(
