@@ -221,14 +221,14 @@ class FinetuneConfig:
 
 
 def sst2_minilm(model_dir: str | os.PathLike[str] | None = None, **kw: Any) -> FinetuneConfig:
-    """all-MiniLM-L6-v2 on SST-2, sized to finish in about half an hour on 2 CPU cores.
+    """all-MiniLM-L6-v2 on SST-2, sized to finish in about 40 minutes on 2 CPU cores.
 
     SST-2 training examples are short phrases (median 10 tokens, 99th percentile 44, longest
     66), so batches are grouped by length and padded to fine buckets: about 1.15M padded tokens
     per epoch instead of 8.6M at a fixed length of 128. The 4 examples longer than 64 tokens
-    are truncated; dev examples all fit (longest 55). Measured on a shared 2-core CPU: about
-    0.6 s per step, 2105 steps, so about 21 minutes of training plus 2-3 of compiling,
-    tokenizing and evaluating.
+    are truncated; dev examples all fit (longest 55). 2,000 training examples are held out
+    for calibrating thresholds later. Measured on the 2-core CPU, sharing it with other jobs:
+    2 epochs (4,086 steps) in 41 minutes, 89.33% SST-2 dev accuracy.
 
     Args:
       model_dir: the MiniLM Hugging Face directory; None finds it with `minilm_l6_dir()`.
@@ -248,7 +248,8 @@ def sst2_minilm(model_dir: str | os.PathLike[str] | None = None, **kw: Any) -> F
         warmup_ratio=0.06,
         weight_decay=0.01,
         clip_norm=1.0,
-        epochs=1.0,
+        epochs=2.0,
+        holdout=2000,
         eval_every=500,
         save_every=250,
         log_every=25,
