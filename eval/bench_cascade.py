@@ -24,7 +24,7 @@ from flax import nnx
 
 from elang_jax import CalibrationTarget, Cascade, Tier, TierConfig, from_pretrained, score
 from elang_jax import data as D
-from elang_jax.cascade import calibrate_thresholds
+from elang_jax.cascade import calibrate_thresholds, dataset_logits
 from elang_jax.flops import classifier_flops
 
 METHODS = (
@@ -45,15 +45,6 @@ def _forward(model):
         return nnx.merge(graphdef, state)(ids, mask, types).logits
 
     return lambda b: run(state, b.input_ids, b.attention_mask, b.token_type_ids)
-
-
-def dataset_logits(model, encoded, batch_size, buckets) -> np.ndarray:
-    forward = _forward(model)
-    idx, vals = [], []
-    for b in D.iterate_batches(encoded, batch_size, buckets, shuffle=False, sort_by_length=True):
-        idx.append(b.index[b.valid])
-        vals.append(np.asarray(forward(b))[b.valid])
-    return D.restore_order(idx, vals, len(encoded))
 
 
 def _time_total(fn, batches, repeats: int) -> float:

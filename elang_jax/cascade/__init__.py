@@ -1,6 +1,6 @@
 """Model cascades (E-LANG, TangoBERT, CascadeBERT) over the compaction core."""
 
-from elang_jax.cascade._cascade import Cascade, CascadeOutput, Tier, TierConfig
+from elang_jax.cascade._cascade import Cascade, CascadeOutput, Tier, TierConfig, dataset_logits
 from elang_jax.cascade._dar import cascadebert_loss, difficulty_ranking_loss
 from elang_jax.cascade._operating_points import (
     calibrate_thresholds,
@@ -34,6 +34,7 @@ __all__ = [
     "Tier",
     "TierConfig",
     "calibrate_thresholds",
+    "dataset_logits",
     "cascadebert_loss",
     "difficulty_ranking_loss",
     "cascade_candidates",

@@ -256,8 +256,6 @@ class Cascade:
           dict with predictions [n], tier [n], logits [n, c], scores [n, N] (NaN where a
           tier did not run), and examples_per_tier [N].
         """
-        from elang_jax.data import iterate_batches
-
         n_tiers = len(self.tiers)
         per_tier = [encoded] * n_tiers if not isinstance(encoded, (list, tuple)) else list(encoded)
         size = len(per_tier[0])
@@ -274,20 +272,13 @@ class Cascade:
             counts.append(len(todo))
             if len(todo) == 0:
                 continue
-            forward = _jitted_logits(tier.model)
-            subset = per_tier[k].select(todo)
-            for batch in iterate_batches(
-                subset, tier.config.batch_size, length_buckets, shuffle=False, sort_by_length=True
-            ):
-                lg = np.asarray(
-                    forward(batch.input_ids, batch.attention_mask, batch.token_type_ids)
-                )
-                rows = todo[batch.index[batch.valid]]
-                lg = lg[batch.valid]
-                logits_all[rows] = lg
-                predictions[rows] = lg.argmax(-1)
-                tier_of[rows] = k
-                scores[rows, k] = np.asarray(score(tier.config.score, lg, tier.config.temperature))
+            lg = dataset_logits(
+                tier.model, per_tier[k].select(todo), tier.config.batch_size, length_buckets
+            )
+            logits_all[todo] = lg
+            predictions[todo] = lg.argmax(-1)
+            tier_of[todo] = k
+            scores[todo, k] = np.asarray(score(tier.config.score, lg, tier.config.temperature))
             if k < n_tiers - 1:
                 todo = todo[scores[todo, k] < tier.config.threshold]
         return dict(
@@ -299,14 +290,27 @@ class Cascade:
         )
 
 
-def _jitted_logits(model: nnx.Module):
+def dataset_logits(model: nnx.Module, encoded, batch_size: int, length_buckets) -> np.ndarray:
+    """[n, c] float32 logits of a classifier over a whole `Encoded` dataset, in its order.
+
+    Batches are sorted by length (less padding) and padded to `length_buckets`, so the
+    forward compiles once per bucket.
+    """
+    from elang_jax.data import iterate_batches, restore_order
+
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def forward(state, ids, mask, types):
-        return _logits(
-            nnx.merge(graphdef, state),
-            dict(input_ids=ids, attention_mask=mask, token_type_ids=types),
-        )
+    def forward(state, batch):
+        return _logits(nnx.merge(graphdef, state), batch)
 
-    return lambda ids, mask, types: forward(state, ids, mask, types)
+    idx, vals = [], []
+    for b in iterate_batches(
+        encoded, batch_size, length_buckets, shuffle=False, sort_by_length=True
+    ):
+        inputs = dict(
+            input_ids=b.input_ids, attention_mask=b.attention_mask, token_type_ids=b.token_type_ids
+        )
+        idx.append(b.index[b.valid])
+        vals.append(np.asarray(forward(state, inputs))[b.valid])
+    return restore_order(idx, vals, len(encoded))
