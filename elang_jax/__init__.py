@@ -19,6 +19,9 @@ from elang_jax.cascade import (
 # The compaction core
 from elang_jax.core import bucket_sizes, compact_apply
 
+# Multi-exit encoders (DeeBERT, PABEE, Right Tool for the Job)
+from elang_jax.exits import ExitPolicy, MultiExit, MultiExitConfig
+
 # Hugging Face checkpoints
 from elang_jax.hf import CheckpointMismatchError, from_pretrained, save_pretrained
 
@@ -54,12 +57,15 @@ __all__ = [
     "CheckpointMismatchError",
     "ClassifierOutput",
     "ElangSeq2Seq",
+    "ExitPolicy",
     "EncoderOutput",
     "FeedForward",
     "GPT2Config",
     "GPT2LMHeadModel",
     "GPT2Model",
     "LMOutput",
+    "MultiExit",
+    "MultiExitConfig",
     "OperatingPoint",
     "Score",
     "Seq2SeqCascadeConfig",

@@ -362,3 +362,37 @@ def test_tfds_builder_matches_tsv(tmp_path):
     assert sources["test"][0]["label"] == -1
     by_name = tfds.data_source("glue_tfds/sst2", split="validation", data_dir=str(tmp_path))
     assert by_name[5]["sentence"].decode() == dev.text_a[5]
+
+
+def test_sentence_holdout_removes_phrases_of_held_sentences():
+    texts = [
+        "a fine film , with a strong cast",  # sentence
+        "a fine film",  # phrase of it
+        "strong cast",  # phrase of it
+        "a dull story told badly by everyone",  # sentence
+        "dull story",  # phrase of it
+        "told badly",
+        "the best movie of the year so far",  # sentence
+        "best movie",
+    ]
+    train, held = data.sentence_holdout(texts, 2, seed=0)
+    assert len(held) == 2 and len(set(train) & set(held)) == 0
+    for h in held:
+        assert not any(texts[h] in texts[j] and j != h for j in range(len(texts)))
+        for j in train:
+            assert texts[j] not in texts[h], (texts[j], texts[h])
+    # the one sentence not held out keeps its phrases
+    (kept,) = {0, 3, 6} - set(held.tolist())
+    assert kept in train
+    with pytest.raises(ValueError, match="only 3 sentences"):
+        data.sentence_holdout(texts, 4)
+
+
+def test_calibration_split_kinds():
+    ex = data.read_glue("sst2", "dev")
+    train, held = data.calibration_split(ex, 50, 0, "random")
+    assert len(held) == 50 and len(train) == len(ex) - 50
+    train, held = data.calibration_split(ex, 50, 0, data.HoldoutKind.SENTENCES)
+    assert len(held) == 50 and not set(train) & set(held)
+    with pytest.raises(ValueError, match="sentences"):
+        data.calibration_split(ex, 50, 0, "bogus")

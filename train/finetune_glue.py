@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--holdout", type=int, help="training examples set aside for calibration")
     p.add_argument("--holdout-seed", type=int)
+    p.add_argument(
+        "--holdout-kind", choices=["random", "sentences"], help="random examples or sentences"
+    )
     p.add_argument("--num-layers", type=int, help="keep only the checkpoint's first N layers")
     p.add_argument("--difficulty-file", help="hard flags (.npy) for CascadeBERT's DAR loss")
     p.add_argument("--dar-weight", type=float)
@@ -66,6 +69,7 @@ def build_config(args: argparse.Namespace) -> training.FinetuneConfig:
         "seed": args.seed,
         "holdout": args.holdout,
         "holdout_seed": args.holdout_seed,
+        "holdout_kind": args.holdout_kind,
         "num_layers": args.num_layers,
         "difficulty_file": args.difficulty_file,
         "dar_weight": args.dar_weight,

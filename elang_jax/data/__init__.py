@@ -36,7 +36,13 @@ from elang_jax.data._glue import (
 )
 
 # Held-out calibration splits.
-from elang_jax.data._splits import holdout_split, select_examples
+from elang_jax.data._splits import (
+    HoldoutKind,
+    calibration_split,
+    holdout_split,
+    select_examples,
+    sentence_holdout,
+)
 
 # Tokenization.
 from elang_jax.data._tokenize import Encoded, encode_glue, load_tokenizer
@@ -70,7 +76,10 @@ __all__ = [
     "glue_file",
     "read_glue",
     # Splits
+    "HoldoutKind",
+    "calibration_split",
     "holdout_split",
+    "sentence_holdout",
     "select_examples",
     # WMT
     "WMT_PAIRS",

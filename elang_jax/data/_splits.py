@@ -3,13 +3,34 @@
 Thresholds must never be chosen on the split that reports the result, nor on data a model
 was fine-tuned on (its confidence there is inflated). `holdout_split` sets aside a fixed,
 seeded random subset of a training split: fine-tuning uses the rest, calibration uses it.
+
+SST-2's training split is every labelled phrase of its training sentences, so a random
+held-out phrase usually sits inside a sentence that is trained on: the models look far
+better on it than on dev (whole, unseen sentences), and thresholds tuned there escalate too
+little. `sentence_holdout` holds out whole sentences instead and drops from training every
+example that occurs inside one of them. `calibration_split` picks either by `HoldoutKind`.
 """
 
 from __future__ import annotations
 
+import collections
+import enum
+
 import numpy as np
 
 from elang_jax.data._glue import GlueExamples
+
+
+class HoldoutKind(enum.StrEnum):
+    """How a calibration split is carved out of a training split.
+
+    RANDOM: a seeded random subset of examples (`holdout_split`).
+    SENTENCES: whole sentences, with every example inside them removed from training
+      (`sentence_holdout`); for phrase-level training splits such as SST-2's.
+    """
+
+    RANDOM = "random"
+    SENTENCES = "sentences"
 
 
 def holdout_split(n: int, holdout: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -28,3 +49,57 @@ def select_examples(examples: GlueExamples, indices: np.ndarray) -> GlueExamples
         text_b=None if examples.text_b is None else [examples.text_b[i] for i in idx],
         labels=None if examples.labels is None else examples.labels[idx],
     )
+
+
+def sentence_holdout(
+    texts: list[str], holdout: int, seed: int = 0, min_words: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out whole sentences; training keeps no example that occurs inside one of them.
+
+    A sentence is an example (of at least `min_words` words) that occurs inside no other
+    example. `holdout` of them are drawn in a seeded random order; every example whose text
+    occurs inside a held-out sentence (its phrases, and any duplicate) leaves the training
+    side, so no part of a calibration sentence is ever trained on.
+
+    Returns:
+      (train indices, held-out indices), both sorted and disjoint; together they may not
+      cover range(n): the removed phrases are in neither.
+    """
+    n = len(texts)
+    if holdout < 1:
+        raise ValueError(f"holdout must be >= 1, got {holdout}")
+    # "\n" never occurs inside a GLUE text, so a match never spans two examples.
+    corpus = "\n".join(texts)
+    copies = collections.Counter(texts)
+    held, seen = [], set()
+    for i in np.random.default_rng(seed).permutation(n):
+        text = texts[i]
+        if text in seen or len(text.split()) < min_words:
+            continue
+        if corpus.count(text) == copies[text]:  # inside no other example
+            held.append(int(i))
+            seen.add(text)
+            if len(held) == holdout:
+                break
+    if len(held) < holdout:
+        raise ValueError(
+            f"only {len(held)} sentences of >= {min_words} words exist, asked for {holdout}"
+        )
+    held_corpus = "\n".join(texts[i] for i in held)
+    held_set = set(held)
+    train = [i for i in range(n) if i not in held_set and texts[i] not in held_corpus]
+    return np.asarray(train, np.int64), np.sort(np.asarray(held, np.int64))
+
+
+def calibration_split(
+    examples: GlueExamples, holdout: int, seed: int = 0, kind: HoldoutKind | str = "random"
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices) of a training split, by `kind` (see HoldoutKind)."""
+    if kind not in set(HoldoutKind):
+        raise ValueError(f"unknown holdout kind {kind!r}; valid: {[k.value for k in HoldoutKind]}")
+    kind = HoldoutKind(kind)
+    if kind is HoldoutKind.SENTENCES:
+        if examples.text_b is not None:
+            raise ValueError("sentence holdout needs a single-sentence task (no text_b)")
+        return sentence_holdout(examples.text_a, holdout, seed)
+    return holdout_split(len(examples), holdout, seed)

@@ -7,6 +7,7 @@ import enum
 import os
 from typing import Any
 
+from elang_jax.data._splits import HoldoutKind
 from elang_jax.models import BertConfig
 
 
@@ -70,9 +71,11 @@ class FinetuneConfig:
       eval_split: split to evaluate on.
       train_limit: train on the first `train_limit` examples only (quick runs); None: all.
       eval_limit: evaluate on the first `eval_limit` examples only; None: all.
-      holdout: set aside this many training examples (a seeded random subset, see
-        `elang_jax.data.holdout_split`) for calibrating thresholds; never trained on.
+      holdout: set aside this many training examples for calibrating thresholds; never
+        trained on (see `elang_jax.data.calibration_split`).
       holdout_seed: seed of that subset.
+      holdout_kind: `HoldoutKind.RANDOM` (random examples) or `HoldoutKind.SENTENCES`
+        (whole sentences, their phrases removed from training; for SST-2).
       num_layers: keep only the first `num_layers` layers of the checkpoint (a Swift model
         built from a larger one); None: all.
       difficulty_file: a .npy of per-example "hard" flags over the (held-out-filtered) training
@@ -114,6 +117,7 @@ class FinetuneConfig:
     eval_limit: int | None = None
     holdout: int = 0
     holdout_seed: int = 0
+    holdout_kind: HoldoutKind = HoldoutKind.RANDOM
     num_layers: int | None = None
     difficulty_file: str | None = None
     dar_weight: float = 0.5
@@ -165,6 +169,13 @@ class FinetuneConfig:
         for name in ("eval_every", "save_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
+        try:
+            object.__setattr__(self, "holdout_kind", HoldoutKind(self.holdout_kind))
+        except ValueError:
+            raise ValueError(
+                f"holdout_kind must be one of {[k.value for k in HoldoutKind]}, "
+                f"got {self.holdout_kind=}"
+            ) from None
         if self.holdout < 0 or self.holdout_seed < 0:
             raise ValueError(f"holdout and holdout_seed must be >= 0, got {self.holdout=}")
         if self.dar_weight < 0 or self.dar_margin < 0:
@@ -249,7 +260,8 @@ def sst2_minilm(model_dir: str | os.PathLike[str] | None = None, **kw: Any) -> F
         weight_decay=0.01,
         clip_norm=1.0,
         epochs=2.0,
-        holdout=2000,
+        holdout=1500,
+        holdout_kind=HoldoutKind.SENTENCES,
         eval_every=500,
         save_every=250,
         log_every=25,

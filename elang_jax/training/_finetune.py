@@ -345,7 +345,9 @@ def _encode(tokenizer: Any, config: FinetuneConfig, split: str, limit: int | Non
     examples = data.read_glue(config.task, split)
     if split == "train" and config.holdout:
         # The held-out examples calibrate thresholds later: they must never be trained on.
-        kept, _ = data.holdout_split(len(examples), config.holdout, config.holdout_seed)
+        kept, _ = data.calibration_split(
+            examples, config.holdout, config.holdout_seed, config.holdout_kind
+        )
         examples = data.select_examples(examples, kept)
     examples = _subset(examples, limit)
     encoded = data.encode_glue(

@@ -1,0 +1,56 @@
+"""Multi-exit transformers: DeeBERT, PABEE, Right Tool for the Job (a batched exit step) and
+CALM-style per-token exits in KV-cached decoders."""
+
+from elang_jax.exits._calm import (
+    CalmConfig,
+    CalmOutput,
+    Confidence,
+    calm_generate_gpt2,
+    calm_generate_t5,
+    mean_layers_per_token,
+    position_threshold,
+)
+from elang_jax.exits._config import ExitPolicy, LossWeighting, MultiExitConfig, loss_weights
+from elang_jax.exits._multi_exit import ExitHead, ExitStepOutput, MultiExit, MultiExitOutput
+from elang_jax.exits._policy import (
+    ExitDecisions,
+    calibrate_exits,
+    candidate_settings,
+    exit_scores,
+    simulate_exits,
+)
+from elang_jax.exits._train import (
+    ExitTrainConfig,
+    collect_features,
+    fit_exit_temperatures,
+    joint_loss,
+    train_exit_heads,
+)
+
+__all__ = [
+    "CalmConfig",
+    "CalmOutput",
+    "Confidence",
+    "calm_generate_gpt2",
+    "calm_generate_t5",
+    "mean_layers_per_token",
+    "position_threshold",
+    "ExitDecisions",
+    "ExitHead",
+    "ExitPolicy",
+    "ExitStepOutput",
+    "ExitTrainConfig",
+    "LossWeighting",
+    "MultiExit",
+    "MultiExitConfig",
+    "MultiExitOutput",
+    "calibrate_exits",
+    "candidate_settings",
+    "collect_features",
+    "exit_scores",
+    "fit_exit_temperatures",
+    "joint_loss",
+    "loss_weights",
+    "simulate_exits",
+    "train_exit_heads",
+]
