@@ -43,10 +43,17 @@ from elang_jax.models import (
     T5ForConditionalGeneration,
 )
 
+# MoEfication and sparse MoE FFNs
+from elang_jax.moe import MoEConfig, MoEFeedForward, MoEImpl, moefy
+
+# ACC token pruning
+from elang_jax.pruning import AccConfig, KeepSchedule, acc_classify, acc_scores, tune_schedule
+
 # Routing scores and calibration
 from elang_jax.routing import Score, energy_score, score
 
 __all__ = [
+    "AccConfig",
     "BertConfig",
     "BertForMaskedLM",
     "BertForSequenceClassification",
@@ -57,13 +64,17 @@ __all__ = [
     "CheckpointMismatchError",
     "ClassifierOutput",
     "ElangSeq2Seq",
-    "ExitPolicy",
     "EncoderOutput",
+    "ExitPolicy",
     "FeedForward",
     "GPT2Config",
     "GPT2LMHeadModel",
     "GPT2Model",
+    "KeepSchedule",
     "LMOutput",
+    "MoEConfig",
+    "MoEFeedForward",
+    "MoEImpl",
     "MultiExit",
     "MultiExitConfig",
     "OperatingPoint",
@@ -74,13 +85,17 @@ __all__ = [
     "T5ForConditionalGeneration",
     "Tier",
     "TierConfig",
-    "__version__",
+    "acc_classify",
+    "acc_scores",
     "bucket_sizes",
     "calibrate",
     "compact_apply",
     "energy_score",
     "fit_temperature",
     "from_pretrained",
+    "moefy",
     "save_pretrained",
     "score",
+    "tune_schedule",
+    "__version__",
 ]

@@ -70,7 +70,9 @@ def main() -> None:
     p.add_argument("--holdout-seed", type=int, default=0)
     p.add_argument("--holdout-kind", choices=["random", "sentences"], default="sentences")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--objective", choices=["accuracy", "guarantee"], default="accuracy")
     p.add_argument("--epsilon", type=float, default=0.0, help="accuracy drop allowed on calib")
+    p.add_argument("--delta", type=float, default=0.1, help="failure probability (guarantee)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--json", default=None)
     args = p.parse_args()
@@ -150,7 +152,7 @@ def main() -> None:
             np.stack([s_cal, np.zeros_like(s_cal)], 1),
             correct,
             costs,
-            CalibrationTarget(epsilon=args.epsilon),
+            CalibrationTarget(objective=args.objective, epsilon=args.epsilon, delta=args.delta),
         )
         threshold = float(op.setting[0])
         cascade = Cascade(
@@ -207,9 +209,13 @@ def main() -> None:
             )
         )
 
+    target = f"{args.objective} epsilon {args.epsilon}"
+    if args.objective == "guarantee":
+        target += f" delta {args.delta}"
     print(
         f"task {args.task}, dev {len(dev)} examples, calibration = {args.holdout} held-out "
-        f"train examples ({args.holdout_kind}), batch {args.batch_size}, device {jax.devices()[0]}"
+        f"train examples ({args.holdout_kind}), target {target}, batch {args.batch_size}, "
+        f"device {jax.devices()[0]}"
     )
     print(f"{'method':<24} {'acc':>6} {'->Super':>8} {'FLOP x':>7} {'meas. x':>8} {'meas/FLOP':>9}")
     for r in rows:

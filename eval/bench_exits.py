@@ -11,7 +11,8 @@ temperatures and every policy's threshold are chosen on the held-out calibration
 one the model was fine-tuned without: `--holdout*`, default the sst2_minilm preset's 1,500
 whole sentences); everything is reported on dev. The compiled exit step and the full model
 run on the same padded, length-sorted dev batches of `--batch-size`, timed in one process;
-the ideal speed-up is the layer count over the mean layers used.
+the ideal speed-up is the layer count over the mean layers used. The two are timed
+alternately, pass by pass, so that load on a shared machine hits both alike.
 """
 
 from __future__ import annotations
@@ -47,16 +48,20 @@ POLICIES = (
 )
 
 
-def _time_total(fn, batches, repeats: int) -> float:
+def _time_pair(fa, fb, batches, repeats: int) -> tuple[float, float]:
+    """Median seconds of one pass over `batches` for fa and for fb, timed alternately so
+    that a slow spell of a shared machine hits both sides alike."""
     for b in batches:  # warm-up: compiles every shape
-        jax.block_until_ready(fn(b))
-    totals = []
+        jax.block_until_ready(fa(b))
+        jax.block_until_ready(fb(b))
+    ta, tb = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            jax.block_until_ready(fn(b))
-        totals.append(time.perf_counter() - t0)
-    return float(np.median(totals))
+        for fn, out in ((fa, ta), (fb, tb)):
+            t0 = time.perf_counter()
+            for b in batches:
+                jax.block_until_ready(fn(b))
+            out.append(time.perf_counter() - t0)
+    return float(np.median(ta)), float(np.median(tb))
 
 
 def _inputs(b):
@@ -122,7 +127,9 @@ def main() -> None:
     def full(state, inputs):
         return nnx.merge(graphdef, state)(**inputs).logits
 
-    full_time = _time_total(lambda b: full(state, _inputs(b)), batches, args.repeats)
+    def run_full(b):
+        return full(state, _inputs(b))
+
     final_acc = per_exit[-1]
     rows = [
         dict(
@@ -131,7 +138,6 @@ def main() -> None:
             mean_layers=float(num_layers),
             ideal_speedup=1.0,
             measured_speedup=1.0,
-            full_ms=1e3 * full_time,
         )
     ]
     curves = {}
@@ -157,7 +163,7 @@ def main() -> None:
             preds.append(np.asarray(out.predictions)[b.valid])
         layers = D.restore_order(idx, layers, len(dev))
         preds = D.restore_order(idx, preds, len(dev))
-        step_time = _time_total(run, batches, args.repeats)
+        full_time, step_time = _time_pair(run_full, run, batches, args.repeats)
         ideal = num_layers / layers.mean()
         measured = full_time / step_time
         rows.append(
@@ -172,6 +178,8 @@ def main() -> None:
                 calib_accuracy=op.accuracy,
                 calib_final_accuracy=op.reference_accuracy,
                 offline_agreement=float((sim.layers == layers).mean()),
+                full_ms=1e3 * full_time,
+                step_ms=1e3 * step_time,
             )
         )
         curves[name] = _curve(lg_dev, y_dev, exits, policy, t, num_layers)

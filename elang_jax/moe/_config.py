@@ -1,0 +1,202 @@
+"""Configuration of a sparse MoE feed-forward layer: enums, one frozen dataclass, presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any
+
+
+class MoEImpl(enum.StrEnum):
+    """How the selected experts are computed. All give the same result (tests check it).
+
+    DENSE: every expert on every token, unselected neurons masked. The readable reference;
+      costs as much as the dense FFN.
+    RAGGED: sort assignments by expert, `jax.lax.ragged_dot` grouped matmul, gather back.
+      Dropless. The grouped-matmul path for accelerators; very slow on XLA CPU (measured).
+    CAPACITY: sort assignments by expert into a static [E, C, d] buffer, one matmul per
+      expert (`lax.map`), gather back. With `capacity_factor=None` it is dropless: C is the
+      smallest static bucket that holds the busiest expert, chosen at run time by `lax.switch`.
+      The fast path on CPU.
+    PALLAS: the Pallas dispatch kernel (gather into expert-sorted order), the grouped matmul
+      (`ragged_dot`), and the Pallas combine kernel (gated scatter-add back). Dropless.
+      Interpret mode on CPU (a correctness path, not a speed path there).
+    """
+
+    DENSE = "dense"
+    RAGGED = "ragged"
+    CAPACITY = "capacity"
+    PALLAS = "pallas"
+
+
+class RouterKind(enum.StrEnum):
+    """How experts are scored for each token.
+
+    ORACLE: the true positive activation mass of each expert (needs the dense activations:
+      an upper bound for analysis, saves nothing).
+    CENTROID: cosine similarity between the token and each expert's centroid (the mean of its
+      L2-normalised input weight rows).
+    MLP: MoEfication's router, tanh(x_hat W1) W2 (W1 initialised with the centroids, W2 with
+      the identity), trained to predict each expert's share of positive activation.
+    LINEAR: a learned linear gate (x W), for models trained or fine-tuned as MoE.
+    """
+
+    ORACLE = "oracle"
+    CENTROID = "centroid"
+    MLP = "mlp"
+    LINEAR = "linear"
+
+
+class GateKind(enum.StrEnum):
+    """How the selected experts' outputs are weighted.
+
+    NONE: unweighted sum (MoEfication: with every expert selected it is the dense FFN).
+    SOFTMAX: softmax of the router logits over all experts (within each group for expert
+      prototyping), taken at the selected experts; optionally renormalised to sum to 1.
+    """
+
+    NONE = "none"
+    SOFTMAX = "softmax"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MoEConfig:
+    """A sparse MoE FFN: E experts, each token runs k of them.
+
+    Attributes:
+      num_experts: E, number of experts; d_ff must be divisible by it.
+      top_k: k, experts run per token. With `num_groups` G > 1 (expert prototyping) the
+        experts form G groups of E/G and each token takes its top k/G in every group.
+      impl: the `MoEImpl` that computes the selected experts.
+      router: the `RouterKind` that scores experts.
+      gate: the `GateKind` that weights the selected experts' outputs.
+      num_groups: G, expert-prototyping groups (1: plain top-k).
+      renormalize: with SOFTMAX gates, rescale the selected gates to sum to 1 (per group).
+      capacity_factor: None: dropless. A number c: each expert takes at most
+        C = max(min_capacity, ceil(c * n * k / E)) assignments (at most n) per call; see
+        `elang_jax.moe` for the drop rule. Applies to every implementation alike.
+      min_capacity: floor on C when `capacity_factor` is set.
+      capacity_buckets: the dropless CAPACITY implementation's static buffer sizes, as
+        multiples of the mean load n * k / E (n itself is always added).
+      load_balance_weight: weight of the Switch load-balancing loss in `MoEOutput.aux_loss`.
+      z_loss_weight: weight of the router z-loss in `MoEOutput.aux_loss`.
+      block_rows: row tile of the Pallas kernels.
+      interpret: Pallas interpret mode; None: on CPU only.
+    """
+
+    num_experts: int
+    top_k: int
+    impl: MoEImpl = MoEImpl.DENSE
+    router: RouterKind = RouterKind.MLP
+    gate: GateKind = GateKind.NONE
+    num_groups: int = 1
+    renormalize: bool = False
+    capacity_factor: float | None = None
+    min_capacity: int = 4
+    capacity_buckets: tuple[float, ...] = (1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)
+    load_balance_weight: float = 1e-2
+    z_loss_weight: float = 1e-3
+    block_rows: int = 128
+    interpret: bool | None = None
+
+    def __post_init__(self):
+        for name, enum_type in (("impl", MoEImpl), ("router", RouterKind), ("gate", GateKind)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum_type(value))
+            except ValueError:
+                raise ValueError(
+                    f"{name} must be one of {[v.value for v in enum_type]}, got {value!r}"
+                ) from None
+        for name in ("num_experts", "top_k", "num_groups", "min_capacity", "block_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"top_k must be <= num_experts, got {self.top_k=} {self.num_experts=}")
+        if self.num_experts % self.num_groups:
+            raise ValueError(
+                f"num_groups must divide num_experts, got {self.num_groups=} {self.num_experts=}"
+            )
+        if self.top_k % self.num_groups:
+            raise ValueError(
+                f"top_k must be a multiple of num_groups (top_k / num_groups per group), got "
+                f"{self.top_k=} {self.num_groups=}"
+            )
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ValueError(f"capacity_factor must be positive or None, {self.capacity_factor=}")
+        object.__setattr__(self, "capacity_buckets", tuple(float(b) for b in self.capacity_buckets))
+        if not self.capacity_buckets or any(not b > 0 for b in self.capacity_buckets):
+            raise ValueError(f"capacity_buckets must be positive, got {self.capacity_buckets=}")
+        for name in ("load_balance_weight", "z_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
+
+    @property
+    def experts_per_group(self) -> int:
+        return self.num_experts // self.num_groups
+
+    @property
+    def active_fraction(self) -> float:
+        return self.top_k / self.num_experts
+
+    def capacity(self, num_tokens: int) -> int | None:
+        """C for `num_tokens` tokens, or None when dropless."""
+        if self.capacity_factor is None:
+            return None
+        mean = num_tokens * self.top_k / self.num_experts
+        return min(num_tokens, max(self.min_capacity, math.ceil(self.capacity_factor * mean)))
+
+    def dropless_buckets(self, num_tokens: int) -> tuple[int, ...]:
+        """Static buffer sizes of the dropless CAPACITY implementation, ending with n."""
+        mean = num_tokens * self.top_k / self.num_experts
+        sizes = {num_tokens, *(min(num_tokens, math.ceil(b * mean)) for b in self.capacity_buckets)}
+        return tuple(sorted(s for s in sizes if s > 0))
+
+    def replace(self, **kw: Any) -> MoEConfig:
+        return dataclasses.replace(self, **kw)
+
+    # Presets -------------------------------------------------------------------------------
+
+    @classmethod
+    def tiny(cls, **kw: Any) -> MoEConfig:
+        """For tests: 4 experts, top-2."""
+        return cls(**{"num_experts": 4, "top_k": 2, **kw})
+
+    @classmethod
+    def minilm_moefication(cls, active: float = 0.25, num_experts: int = 8, **kw: Any):
+        """MoEfication of MiniLM's 1536-wide FFN: `num_experts` experts, `active` of them run.
+
+        8 experts of 192 neurons by default: 192 is a whole number of 64-wide GPU tiles and
+        on XLA CPU each expert's matmul stays large enough to run near dense throughput. On the
+        2-core CPU, experts of 64 neurons (E=24) lost most of the saving to per-matmul
+        overhead in a probe; E=8 and E=16 measured alike within noise (eval/bench_moe.py).
+        Finer experts (E=16, 96 neurons) route more precisely.
+        """
+        top_k = max(1, round(active * num_experts))
+        return cls(**{"num_experts": num_experts, "top_k": top_k, "router": RouterKind.MLP, **kw})
+
+    @classmethod
+    def switch(cls, num_experts: int = 8, top_k: int = 2, **kw: Any) -> MoEConfig:
+        """A trainable MoE FFN: learned softmax gates, capacity factor 1.25."""
+        base = dict(
+            num_experts=num_experts,
+            top_k=top_k,
+            router=RouterKind.LINEAR,
+            gate=GateKind.SOFTMAX,
+            capacity_factor=1.25,
+        )
+        return cls(**{**base, **kw})
+
+    @classmethod
+    def prototyping(cls, num_experts: int = 8, num_groups: int = 2, **kw: Any) -> MoEConfig:
+        """Expert prototyping (M6-T): `num_groups` groups, top-1 in each, outputs summed."""
+        base = dict(
+            num_experts=num_experts,
+            top_k=num_groups,
+            num_groups=num_groups,
+            router=RouterKind.LINEAR,
+            gate=GateKind.SOFTMAX,
+        )
+        return cls(**{**base, **kw})
