@@ -96,7 +96,8 @@ class MultiExit(nnx.Module):
     """A BERT-family classifier with exit heads, and its batched early-exit step.
 
     The last exit is the model's own head, so a threshold of +inf (never exit early)
-    reproduces the wrapped model exactly. Intermediate heads start from the final pooler
+    reproduces the wrapped model: the same predictions, and logits equal up to the float
+    rounding of a differently compiled program. Intermediate heads start from the final pooler
     (DeeBERT) when the model has one.
 
     Args:
@@ -114,8 +115,6 @@ class MultiExit(nnx.Module):
         self.config = config
         mc = model.config
         self.exit_layers = config.resolve_exits(mc.num_layers)
-        if self.exit_layers[-1] > mc.num_layers:
-            raise ValueError(f"exit layer {self.exit_layers[-1]} > {mc.num_layers} layers")
         pooler = model.encoder.pooler
         heads = []
         for _ in self.exit_layers[:-1]:
@@ -127,7 +126,7 @@ class MultiExit(nnx.Module):
         self.heads = nnx.List(heads)
         n = len(self.exit_layers)
         # Mix weights: one row per intermediate exit over [embeddings, layer 1..L]; a row
-        # starts one-hot on its own layer, so an untrained mix is the plain [CLS] vector.
+        # starts one-hot on its own layer, so an untrained mix is that layer's plain feature.
         init = np.zeros((max(n - 1, 1), mc.num_layers + 1), np.float32)
         for k, layer in enumerate(self.exit_layers[:-1]):
             init[k, layer] = 1.0
@@ -210,11 +209,11 @@ class MultiExit(nnx.Module):
         """A jitted `step(inputs, valid=None, threshold=None, patience=None) -> ExitStepOutput`.
 
         `inputs` holds input_ids, attention_mask and token_type_ids ([b t] int32); `valid`
-        [b] marks real rows (padding rows leave at the first exit and cost nothing after
-        it). `threshold` (float) and `patience` (int) default to the config's and may change
-        between calls without recompiling. `policy` overrides the config's. Each call of
-        `exit_step` compiles a new step: keep the one it returns. The step reads the
-        module's current parameters and temperatures on every call.
+        [b] marks real rows (padding rows run no layer and report layers = 0). `threshold`
+        (float) and `patience` (int) default to the config's and may change between calls
+        without recompiling. `policy` overrides the config's. Each call of `exit_step`
+        compiles a new step: keep the one it returns. The step reads the module's current
+        parameters and temperatures on every call.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
