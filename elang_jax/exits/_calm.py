@@ -131,6 +131,30 @@ def _exit_token(
     return head(h)[:, 0], caches, layers
 
 
+def _run_checked(jitted, model, input_ids, attention_mask, max_new_tokens, config, threshold):
+    """Checks the arguments shared by both decoders, then calls their jitted loop."""
+    config = config or CalmConfig()
+    check_token_ids(input_ids, model.config.vocab_size)
+    if attention_mask is None:
+        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+    check_mask(attention_mask, input_ids.shape)
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    lam = config.threshold if threshold is None else float(threshold)
+    if math.isnan(lam):
+        raise ValueError("threshold is NaN")
+    graphdef, state = nnx.split(model)
+    return jitted(
+        graphdef,
+        state,
+        jnp.asarray(input_ids, jnp.int32),
+        jnp.asarray(attention_mask, jnp.int32),
+        jnp.float32(lam),
+        max_new_tokens=max_new_tokens,
+        config=config,
+    )
+
+
 # ---------------------------------------------------------------------------- GPT-2
 
 
@@ -148,26 +172,8 @@ def calm_generate_gpt2(
     With threshold +inf the tokens are those of `model.generate`. `threshold` overrides the
     config's without recompiling.
     """
-    config = config or CalmConfig()
-    check_token_ids(input_ids, model.config.vocab_size)
-    b, t = input_ids.shape
-    if attention_mask is None:
-        attention_mask = jnp.ones((b, t), jnp.int32)
-    check_mask(attention_mask, (b, t))
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    lam = config.threshold if threshold is None else float(threshold)
-    if math.isnan(lam):
-        raise ValueError("threshold is NaN")
-    graphdef, state = nnx.split(model)
-    return _gpt2_jit(
-        graphdef,
-        state,
-        jnp.asarray(input_ids, jnp.int32),
-        jnp.asarray(attention_mask, jnp.int32),
-        jnp.float32(lam),
-        max_new_tokens=max_new_tokens,
-        config=config,
+    return _run_checked(
+        _gpt2_jit, model, input_ids, attention_mask, max_new_tokens, config, threshold
     )
 
 
@@ -247,25 +253,8 @@ def calm_generate_t5(
 
     With threshold +inf the tokens are those of `model.generate`.
     """
-    config = config or CalmConfig()
-    check_token_ids(input_ids, model.config.vocab_size)
-    if attention_mask is None:
-        attention_mask = jnp.ones(input_ids.shape, jnp.int32)
-    check_mask(attention_mask, input_ids.shape)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    lam = config.threshold if threshold is None else float(threshold)
-    if math.isnan(lam):
-        raise ValueError("threshold is NaN")
-    graphdef, state = nnx.split(model)
-    return _t5_jit(
-        graphdef,
-        state,
-        jnp.asarray(input_ids, jnp.int32),
-        jnp.asarray(attention_mask, jnp.int32),
-        jnp.float32(lam),
-        max_new_tokens=max_new_tokens,
-        config=config,
+    return _run_checked(
+        _t5_jit, model, input_ids, attention_mask, max_new_tokens, config, threshold
     )
 
 
