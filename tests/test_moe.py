@@ -129,7 +129,8 @@ def test_capacity_config():
     assert config.capacity(10) == 7  # ceil(1.25 * 10 * 2 / 4)
     assert config.capacity(1) == 1  # never more than n
     assert MoEConfig(num_experts=4, top_k=2).capacity(10) is None
-    assert MoEConfig(num_experts=4, top_k=2).dropless_buckets(10)[-1] == 10
+    # mean load 5: main buffer ceil(1.05 * 5) = 6, overflow chunks of ceil(0.25 * 5) = 2
+    assert MoEConfig(num_experts=4, top_k=2).dropless_sizes(10) == (6, 2)
 
 
 def test_prototyping_takes_one_expert_per_group():
@@ -333,3 +334,24 @@ def test_full_size_preset_shapes():
 
     moe = nnx.eval_shape(build)
     assert moe.w_in.shape == (8, 384, 192) and moe.w_out.shape == (8, 192, 384)
+
+
+@pytest.mark.parametrize("busiest", [0, 1, 3, 6, 12, 24])
+def test_capacity_impl_overflow_loop(busiest, rng):
+    # n=24 tokens, k=2, E=4: mean load 12, main buffer ceil(1.05 * 12) = 13, overflow chunks
+    # of 3. Expert 0 gets `busiest` first choices on top of a random spread, so the overflow
+    # loop makes from zero trips (balanced) up to (24 - 13) / 3 rounded up.
+    from elang_jax.models._common import activation_fn
+    from elang_jax.moe import _experts
+
+    n, e = 24, 4
+    first = rng.randint(0, e, n)
+    first[:busiest] = 0
+    second = (first + 1 + rng.randint(0, e - 1, n)) % e
+    ids = jnp.asarray(np.stack([first, second], 1), jnp.int32)
+    gates = jnp.asarray(rng.uniform(0.1, 1.0, (n, 2)), jnp.float32)
+    config = MoEConfig(num_experts=e, top_k=2, impl=MoEImpl.CAPACITY)
+    moe = MoEFeedForward.from_dense(_ffn(), config)
+    x = jax.random.normal(jax.random.key(0), (n, D))
+    args = (x, ids, gates, plan(ids, e), moe.weights(), activation_fn("relu"), config)
+    assert_close(_experts.run(MoEImpl.CAPACITY, *args), _experts.run(MoEImpl.DENSE, *args))

@@ -77,8 +77,11 @@ class MoEConfig:
         C = max(min_capacity, ceil(c * n * k / E)) assignments (at most n) per call; see
         `elang_jax.moe` for the drop rule. Applies to every implementation alike.
       min_capacity: floor on C when `capacity_factor` is set.
-      capacity_buckets: the dropless CAPACITY implementation's static buffer sizes, as
-        multiples of the mean load n * k / E (n itself is always added).
+      dropless_capacity: the dropless CAPACITY implementation's main buffer, as a multiple
+        of the mean load n * k / E: every expert's first C0 assignments run there.
+      overflow_chunk: the dropless CAPACITY implementation's overflow pass, as a multiple
+        of the mean load: assignments past C0 run in chunks of this many rows per expert, a
+        loop that makes no trip at all when no expert is past C0.
       load_balance_weight: weight of the Switch load-balancing loss in `MoEOutput.aux_loss`.
       z_loss_weight: weight of the router z-loss in `MoEOutput.aux_loss`.
       block_rows: row tile of the Pallas kernels.
@@ -94,7 +97,8 @@ class MoEConfig:
     renormalize: bool = False
     capacity_factor: float | None = None
     min_capacity: int = 4
-    capacity_buckets: tuple[float, ...] = (1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 4.0)
+    dropless_capacity: float = 1.05
+    overflow_chunk: float = 0.25
     load_balance_weight: float = 1e-2
     z_loss_weight: float = 1e-3
     block_rows: int = 128
@@ -126,9 +130,9 @@ class MoEConfig:
             )
         if self.capacity_factor is not None and not self.capacity_factor > 0:
             raise ValueError(f"capacity_factor must be positive or None, {self.capacity_factor=}")
-        object.__setattr__(self, "capacity_buckets", tuple(float(b) for b in self.capacity_buckets))
-        if not self.capacity_buckets or any(not b > 0 for b in self.capacity_buckets):
-            raise ValueError(f"capacity_buckets must be positive, got {self.capacity_buckets=}")
+        for name in ("dropless_capacity", "overflow_chunk"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {name}={getattr(self, name)!r}")
         for name in ("load_balance_weight", "z_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
@@ -148,11 +152,11 @@ class MoEConfig:
         mean = num_tokens * self.top_k / self.num_experts
         return min(num_tokens, max(self.min_capacity, math.ceil(self.capacity_factor * mean)))
 
-    def dropless_buckets(self, num_tokens: int) -> tuple[int, ...]:
-        """Static buffer sizes of the dropless CAPACITY implementation, ending with n."""
+    def dropless_sizes(self, num_tokens: int) -> tuple[int, int]:
+        """(C0, chunk): rows per expert of the dropless main buffer and of each overflow trip."""
         mean = num_tokens * self.top_k / self.num_experts
-        sizes = {num_tokens, *(min(num_tokens, math.ceil(b * mean)) for b in self.capacity_buckets)}
-        return tuple(sorted(s for s in sizes if s > 0))
+        main = min(num_tokens, max(1, math.ceil(self.dropless_capacity * mean)))
+        return main, min(num_tokens, max(1, math.ceil(self.overflow_chunk * mean)))
 
     def replace(self, **kw: Any) -> MoEConfig:
         return dataclasses.replace(self, **kw)

@@ -32,44 +32,58 @@ from elang_jax.moe._config import GateKind, MoEConfig
 class Plan:
     """Where every assignment goes in the expert-sorted buffer.
 
+    Two views of the same plan. The sorted view (`order` and what follows it) feeds the
+    grouped-matmul implementations; the per-assignment view (`expert`, `rank`) needs no sort
+    and feeds the capacity buffers. Under `jit` the view an implementation does not use is
+    dead code and costs nothing.
+
     Attributes:
-      order: [m] assignments sorted by expert (stable: priority order inside an expert).
+      expert: [m] expert of each choice-major assignment.
+      rank: [m] its rank inside its expert (0 = highest priority); equals `position` at the
+        assignment's sorted slot.
       group_sizes: [e] assignments per expert (before drops).
+      order: [m] assignments sorted by expert (stable: priority order inside an expert).
       sorted_experts: [m] expert of each sorted slot.
-      position: [m] rank of each sorted slot inside its expert (0 = highest priority).
+      position: [m] rank of each sorted slot inside its expert.
     """
 
-    order: Int[Array, " m"]
+    expert: Int[Array, " m"]
+    rank: Int[Array, " m"]
     group_sizes: Int[Array, " e"]
+    order: Int[Array, " m"]
     sorted_experts: Int[Array, " m"]
     position: Int[Array, " m"]
 
 
 jax.tree_util.register_dataclass(
-    Plan, data_fields=["order", "group_sizes", "sorted_experts", "position"], meta_fields=[]
+    Plan,
+    data_fields=["expert", "rank", "group_sizes", "order", "sorted_experts", "position"],
+    meta_fields=[],
 )
 
 
 def plan(expert_ids: Int[Array, "n k"], num_experts: int) -> Plan:
-    """Sorts the choice-major assignments by expert."""
+    """Ranks the choice-major assignments inside their experts, and sorts them by expert."""
     # [n k] -> [k n] -> [m]: choice-major, so first choices come first within an expert
     flat = expert_ids.T.reshape(-1).astype(jnp.int32)
+    # [m e]; a running count per expert ranks each assignment without a sort (a sort of m
+    # keys measured ~1 ms of a ~20 ms MoE FFN on XLA CPU)
+    one_hot = jax.nn.one_hot(flat, num_experts, dtype=jnp.int32)
+    rank = (jnp.cumsum(one_hot, axis=0) * one_hot).sum(-1) - 1
+    group_sizes = one_hot.sum(0)
     order = jnp.argsort(flat, stable=True).astype(jnp.int32)
     sorted_experts = flat[order]
-    group_sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)
     starts = jnp.cumsum(group_sizes) - group_sizes
     position = jnp.arange(flat.shape[0], dtype=jnp.int32) - starts[sorted_experts]
-    return Plan(order, group_sizes, sorted_experts, position)
+    return Plan(flat, rank, group_sizes, order, sorted_experts, position)
 
 
 def keep_mask(p: Plan, n: int, k: int, capacity: int | None) -> Bool[Array, "n k"]:
     """Which assignments survive the capacity drop rule (all of them when dropless)."""
     if capacity is None:
         return jnp.ones((n, k), bool)
-    kept_sorted = p.position < capacity
-    # back from sorted slots to choice-major assignments: [m] -> [k n] -> [n k]
-    kept = jnp.zeros((n * k,), bool).at[p.order].set(kept_sorted)
-    return kept.reshape(k, n).T
+    # [m] -> [k n] -> [n k]
+    return (p.rank < capacity).reshape(k, n).T
 
 
 def select(
