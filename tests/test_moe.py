@@ -129,8 +129,8 @@ def test_capacity_config():
     assert config.capacity(10) == 7  # ceil(1.25 * 10 * 2 / 4)
     assert config.capacity(1) == 1  # never more than n
     assert MoEConfig(num_experts=4, top_k=2).capacity(10) is None
-    # mean load 5: main buffer ceil(1.05 * 5) = 6, overflow chunks of ceil(0.25 * 5) = 2
-    assert MoEConfig(num_experts=4, top_k=2).dropless_sizes(10) == (6, 2)
+    # mean load 5: main buffer ceil(1.05 * 5) = 6, overflow chunks of ceil(0.5 * 5) = 3
+    assert MoEConfig(num_experts=4, top_k=2).dropless_sizes(10) == (6, 3)
 
 
 def test_prototyping_takes_one_expert_per_group():
@@ -303,6 +303,30 @@ def test_moefy_in_place_and_errors(rng):
         moefy(model, MoEConfig(num_experts=4, top_k=1, router="centroid"))
 
 
+def test_calibrate_moefied_trains_all_but_the_routers(rng):
+    from elang_jax import training
+    from elang_jax.moe import calibrate_moefied
+
+    model, batch = _tiny_bert(), _Batch(rng)
+    batch.labels = rng.randint(0, 2, 4)
+    inputs = collect_ffn_inputs(model, [batch])
+    config = MoEConfig(num_experts=4, top_k=1, impl=MoEImpl.CAPACITY)
+    moefy(
+        model, config, ffn_inputs=inputs, router_training=RouterTrainConfig(epochs=1, batch_size=8)
+    )
+    ffn = model.encoder.layers[0].ffn
+    router, w_in = np.asarray(ffn.router_w1[...]), np.asarray(ffn.w_in[...])
+    ft = training.tiny("unused-tokenizer-dir", learning_rate=1e-2, warmup_ratio=0.0)
+    losses = calibrate_moefied(model, [batch] * 3, 3, ft)
+    assert len(losses) == 3 and np.isfinite(losses).all()
+    np.testing.assert_array_equal(np.asarray(ffn.router_w1[...]), router)
+    assert not np.allclose(np.asarray(ffn.w_in[...]), w_in)
+    with pytest.raises(ValueError, match="batches ran out after 1 of 2"):
+        calibrate_moefied(model, [batch], 2, ft)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        calibrate_moefied(model, [batch], 0, ft)
+
+
 def test_trainable_moe_in_a_backbone_sows_aux_losses(rng):
     model, batch = _tiny_bert(), _Batch(rng)
     for layer in model.encoder.layers:
@@ -339,7 +363,7 @@ def test_full_size_preset_shapes():
 @pytest.mark.parametrize("busiest", [0, 1, 3, 6, 12, 24])
 def test_capacity_impl_overflow_loop(busiest, rng):
     # n=24 tokens, k=2, E=4: mean load 12, main buffer ceil(1.05 * 12) = 13, overflow chunks
-    # of 3. Expert 0 gets `busiest` first choices on top of a random spread, so the overflow
+    # of 6. Expert 0 gets `busiest` first choices on top of a random spread, so the overflow
     # loop makes from zero trips (balanced) up to (24 - 13) / 3 rounded up.
     from elang_jax.models._common import activation_fn
     from elang_jax.moe import _experts

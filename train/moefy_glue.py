@@ -40,6 +40,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router", default="mlp", choices=[r.value for r in moe.RouterKind])
     p.add_argument("--router-epochs", type=int, default=20)
     p.add_argument("--impl", default="capacity", choices=[i.value for i in moe.MoEImpl])
+    p.add_argument(
+        "--calibrate-steps",
+        type=int,
+        default=0,
+        help="after MoEfication, fine-tune this many steps with routers frozen (0: none)",
+    )
+    p.add_argument("--calibrate-lr", type=float, default=3e-5)
+    p.add_argument(
+        "--eval-capacity-factor",
+        type=float,
+        help="also evaluate with this capacity factor (overflow dropped, as in the fast path)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the results here")
     return p.parse_args(argv)
@@ -55,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     dev = data.encode_glue(
         tokenizer, data.read_glue(args.task, "dev"), 64, truncate=True, vocab_size=vocab
     )
-    train = data.read_glue(args.task, "train")
-    rows = np.random.default_rng(args.seed).choice(len(train), args.train_sentences, False)
-    train = data.select_examples(train, np.sort(rows))
+    full_train = data.read_glue(args.task, "train")
+    rows = np.random.default_rng(args.seed).choice(len(full_train), args.train_sentences, False)
+    train = data.select_examples(full_train, np.sort(rows))
     enc = data.encode_glue(tokenizer, train, 64, truncate=True, vocab_size=vocab)
 
     t0 = time.time()
@@ -82,11 +94,38 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 copy=True,
             )
+            losses = []
+            if args.calibrate_steps:
+                # routing as used at the first active fraction; other fractions reuse it
+                ft = training.sst2_minilm(
+                    model_dir=args.model_dir, learning_rate=args.calibrate_lr, warmup_ratio=0.1
+                )
+                rows = np.random.default_rng(args.seed + 1).permutation(len(full_train))
+                ft_enc = data.encode_glue(
+                    tokenizer,
+                    data.select_examples(
+                        full_train, np.sort(rows[: 32 * args.calibrate_steps + 64])
+                    ),
+                    64,
+                    truncate=True,
+                    vocab_size=vocab,
+                )
+                ft_batches = data.iterate_batches(ft_enc, 32, buckets, shuffle=True, seed=args.seed)
+                losses = moe.calibrate_moefied(
+                    moefied, ft_batches, args.calibrate_steps, ft, seed=args.seed
+                )
             build_s = time.time() - t
             for k in ks:
                 for site in moe.ffn_sites(moefied):
                     site.ffn.config = config.replace(top_k=k)
                 acc = training.evaluate(moefied, dev, 64, buckets)["accuracy"]
+                acc_cf = None
+                if args.eval_capacity_factor:
+                    for site in moe.ffn_sites(moefied):
+                        site.ffn.config = config.replace(
+                            top_k=k, capacity_factor=args.eval_capacity_factor
+                        )
+                    acc_cf = training.evaluate(moefied, dev, 64, buckets)["accuracy"]
                 run = {
                     "num_experts": num_experts,
                     "top_k": k,
@@ -95,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                     "router": args.router,
                     "accuracy": acc,
                     "relative": acc / dense,
+                    "capacity_factor": args.eval_capacity_factor,
+                    "accuracy_with_capacity_factor": acc_cf,
                     "build_s": round(build_s, 1),
+                    "calibrate_steps": args.calibrate_steps,
+                    "calibrate_loss_last50": float(np.mean(losses[-50:])) if losses else None,
                     "captured_mass": [r.get("captured_mass") for r in reports],
                     "oracle_mass": [r.get("oracle_mass") for r in reports],
                 }

@@ -7,11 +7,10 @@ MoE FFNs (MoEfication: split neurons into experts with a `SplitMethod`, train ML
 hidden states from `collect_ffn_inputs`).
 """
 
-# The layer and its configuration
+# MoEfication (_calibrate, _moefy, _split), the layer and its configuration (_config, _layer)
+from elang_jax.moe._calibrate import calibrate_moefied
 from elang_jax.moe._config import GateKind, MoEConfig, MoEImpl, RouterKind
 from elang_jax.moe._layer import MoEFeedForward, MoEOutput, moe_aux_loss
-
-# MoEfication
 from elang_jax.moe._moefy import (
     RouterTrainConfig,
     captured_mass,
@@ -31,6 +30,7 @@ __all__ = [
     "RouterKind",
     "RouterTrainConfig",
     "SplitMethod",
+    "calibrate_moefied",
     "captured_mass",
     "collect_ffn_inputs",
     "ffn_sites",
