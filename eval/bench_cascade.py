@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 from elang_jax import CalibrationTarget, Cascade, Tier, TierConfig, from_pretrained, score
 from elang_jax import data as D
-from elang_jax.cascade import calibrate_thresholds, dataset_logits
+from elang_jax.cascade import calibrate_two_tier, dataset_logits
 from elang_jax.flops import classifier_flops
+from elang_jax.timing import batch_inputs, logits_fn, time_total
 
 METHODS = (
     # (name, swift key, score, note)
@@ -36,28 +35,6 @@ METHODS = (
     ("CascadeBERT (no DAR)", "swift", "max_prob", "complete-model cascade, CE only"),
     ("CascadeBERT (DAR)", "swift_dar", "max_prob", "Swift trained with CE + DAR"),
 )
-
-
-def _forward(model):
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def run(state, ids, mask, types):
-        return nnx.merge(graphdef, state)(ids, mask, types).logits
-
-    return lambda b: run(state, b.input_ids, b.attention_mask, b.token_type_ids)
-
-
-def _time_total(fn, batches, repeats: int) -> float:
-    for b in batches:  # warm-up: compiles every shape
-        jax.block_until_ready(fn(b))
-    totals = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            jax.block_until_ready(fn(b))
-        totals.append(time.perf_counter() - t0)
-    return float(np.median(totals))
 
 
 def main() -> None:
@@ -103,8 +80,8 @@ def main() -> None:
     dev_batches = list(
         D.iterate_batches(dev, args.batch_size, buckets, shuffle=False, sort_by_length=True)
     )
-    super_fwd = _forward(models["super"])
-    super_time = _time_total(super_fwd, dev_batches, args.repeats)
+    super_fwd = logits_fn(models["super"])
+    super_time = time_total(super_fwd, dev_batches, args.repeats)
     super_flops = sum(
         b.num_valid * classifier_flops(cfg["super"], b.input_ids.shape[1]) for b in dev_batches
     )
@@ -119,7 +96,7 @@ def main() -> None:
         ),
     ]
     for key in [k for k in models if k != "super"]:
-        swift_time = _time_total(_forward(models[key]), dev_batches, args.repeats)
+        swift_time = time_total(logits_fn(models[key]), dev_batches, args.repeats)
         fl = sum(
             b.num_valid * classifier_flops(cfg[key], b.input_ids.shape[1]) for b in dev_batches
         )
@@ -137,22 +114,15 @@ def main() -> None:
     for name, key, kind, note in METHODS:
         if key not in models:
             continue
-        s_cal = np.asarray(score(kind, logits[key]["calib"]))
-        correct = np.stack(
-            [
-                logits[key]["calib"].argmax(-1) == y_cal,
-                logits["super"]["calib"].argmax(-1) == y_cal,
-            ],
-            1,
-        )
         sup_f = np.array([classifier_flops(cfg["super"], int(n)) for n in lengths_cal], float)
         sw_f = np.array([classifier_flops(cfg[key], int(n)) for n in lengths_cal], float)
-        costs = np.stack([sw_f / sup_f, np.ones_like(sup_f)], 1)
-        op = calibrate_thresholds(
-            np.stack([s_cal, np.zeros_like(s_cal)], 1),
-            correct,
-            costs,
+        op = calibrate_two_tier(
+            logits[key]["calib"],
+            logits["super"]["calib"],
+            y_cal,
+            kind,
             CalibrationTarget(objective=args.objective, epsilon=args.epsilon, delta=args.delta),
+            swift_cost=sw_f / sup_f,
         )
         threshold = float(op.setting[0])
         cascade = Cascade(
@@ -165,14 +135,7 @@ def main() -> None:
         step = cascade.serving_step(args.batch_size)
 
         def run(b, step=step):
-            return step(
-                dict(
-                    input_ids=b.input_ids,
-                    attention_mask=b.attention_mask,
-                    token_type_ids=b.token_type_ids,
-                ),
-                valid=b.valid,
-            )
+            return step(batch_inputs(b), valid=b.valid)
 
         preds, tiers, idx = [], [], []
         flops = 0.0
@@ -190,7 +153,7 @@ def main() -> None:
         # The compiled path must agree with the offline simulation on the same logits.
         offline = np.where(np.asarray(score(kind, logits[key]["dev"])) >= threshold, 0, 1)
         agree = float((offline == tier).mean())
-        cascade_time = _time_total(run, dev_batches, args.repeats)
+        cascade_time = time_total(run, dev_batches, args.repeats)
         flop_speedup = super_flops / flops
         measured = super_time / cascade_time
         rows.append(

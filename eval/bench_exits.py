@@ -33,11 +33,13 @@ from elang_jax.exits import (
     ExitTrainConfig,
     calibrate_exits,
     collect_features,
+    dataset_exit_logits,
     exit_scores,
     fit_exit_temperatures,
     simulate_exits,
     train_exit_heads,
 )
+from elang_jax.timing import batch_inputs, logits_fn, time_pair
 
 POLICIES = (
     # (row name, policy, use fitted temperatures)
@@ -46,28 +48,6 @@ POLICIES = (
     ("calibrated max-prob", "max_prob", True),
     ("margin (calibrated)", "margin", True),
 )
-
-
-def _time_pair(fa, fb, batches, repeats: int) -> tuple[float, float]:
-    """Median seconds of one pass over `batches` for fa and for fb, timed alternately so
-    that a slow spell of a shared machine hits both sides alike."""
-    for b in batches:  # warm-up: compiles every shape
-        jax.block_until_ready(fa(b))
-        jax.block_until_ready(fb(b))
-    ta, tb = [], []
-    for _ in range(repeats):
-        for fn, out in ((fa, ta), (fb, tb)):
-            t0 = time.perf_counter()
-            for b in batches:
-                jax.block_until_ready(fn(b))
-            out.append(time.perf_counter() - t0)
-    return float(np.median(ta)), float(np.median(tb))
-
-
-def _inputs(b):
-    return dict(
-        input_ids=b.input_ids, attention_mask=b.attention_mask, token_type_ids=b.token_type_ids
-    )
 
 
 def main() -> None:
@@ -108,10 +88,8 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     print(f"off-ramps trained on {len(fit)} examples in {train_s:.0f}s, loss {losses[-1]:.3f}")
 
-    def all_logits(e):
-        return np.asarray(me.logits_from_features(*collect_features(me, e, 64, length_buckets)))
-
-    lg_cal, lg_dev = all_logits(calib), all_logits(dev)
+    lg_cal = dataset_exit_logits(me, calib, 64, length_buckets)
+    lg_dev = dataset_exit_logits(me, dev, 64, length_buckets)
     y_cal, y_dev = calib.labels, dev.labels
     temps = fit_exit_temperatures(lg_cal, y_cal)
     per_exit = [float((lg_dev[k].argmax(-1) == y_dev).mean()) for k in range(len(exits))]
@@ -121,14 +99,7 @@ def main() -> None:
     )
 
     batches = list(D.iterate_batches(dev, args.batch_size, length_buckets, shuffle=False))
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def full(state, inputs):
-        return nnx.merge(graphdef, state)(**inputs).logits
-
-    def run_full(b):
-        return full(state, _inputs(b))
+    run_full = logits_fn(model)
 
     final_acc = per_exit[-1]
     rows = [
@@ -153,7 +124,7 @@ def main() -> None:
         step = me.exit_step(args.batch_size, policy)
 
         def run(b, step=step, kw=kw):
-            return step(_inputs(b), valid=b.valid, **kw)
+            return step(batch_inputs(b), valid=b.valid, **kw)
 
         idx, layers, preds = [], [], []
         for b in batches:
@@ -163,7 +134,7 @@ def main() -> None:
             preds.append(np.asarray(out.predictions)[b.valid])
         layers = D.restore_order(idx, layers, len(dev))
         preds = D.restore_order(idx, preds, len(dev))
-        full_time, step_time = _time_pair(run_full, run, batches, args.repeats)
+        full_time, step_time = time_pair(run_full, run, batches, args.repeats)
         ideal = num_layers / layers.mean()
         measured = full_time / step_time
         rows.append(

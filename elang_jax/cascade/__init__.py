@@ -4,6 +4,7 @@ from elang_jax.cascade._cascade import Cascade, CascadeOutput, Tier, TierConfig,
 from elang_jax.cascade._dar import cascadebert_loss, difficulty_ranking_loss
 from elang_jax.cascade._operating_points import (
     calibrate_thresholds,
+    calibrate_two_tier,
     cascade_candidates,
     simulate,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "Tier",
     "TierConfig",
     "calibrate_thresholds",
+    "calibrate_two_tier",
     "dataset_logits",
     "cascadebert_loss",
     "difficulty_ranking_loss",

@@ -82,3 +82,45 @@ def calibrate_thresholds(
     """
     corr, cost, settings = cascade_candidates(scores, correct, tier_costs, grid_size)
     return calibrate(corr, cost, np.asarray(correct)[:, -1], target, settings)
+
+
+def calibrate_two_tier(
+    swift_logits: np.ndarray,
+    super_logits: np.ndarray,
+    labels: np.ndarray,
+    kind: str,
+    target: CalibrationTarget,
+    *,
+    swift_cost: np.ndarray | float,
+    temperature: float = 1.0,
+) -> OperatingPoint:
+    """The Swift tier's threshold of a Swift -> Super cascade on a calibration split.
+
+    Both models run offline on every calibration example; `.setting[0]` of the result is the
+    threshold (keep Swift's answer where its score >= threshold).
+
+    Args:
+      swift_logits: [n c] Swift's logits on the calibration examples.
+      super_logits: [n c] Super's logits on the same examples.
+      labels: [n] their labels.
+      kind: Swift's confidence score (`elang_jax.routing.Score`).
+      target: what to calibrate for; the reference is Super alone.
+      swift_cost: Swift's cost relative to Super's ([n] per example, or one number), e.g.
+        the ratio of their FLOPs at each example's length. Super costs 1.
+      temperature: Swift's score temperature.
+    """
+    from elang_jax.routing import score
+
+    swift_logits = np.asarray(swift_logits, np.float32)
+    super_logits = np.asarray(super_logits, np.float32)
+    labels = np.asarray(labels)
+    n = labels.shape[0]
+    if swift_logits.shape[0] != n or super_logits.shape != swift_logits.shape:
+        raise ValueError(
+            f"logits must both be [{n}, c], got {swift_logits.shape} and {super_logits.shape}"
+        )
+    s = np.asarray(score(kind, swift_logits, temperature), np.float64)
+    correct = np.stack([swift_logits.argmax(-1) == labels, super_logits.argmax(-1) == labels], 1)
+    ratio = np.broadcast_to(np.asarray(swift_cost, np.float64), (n,))
+    costs = np.stack([ratio, np.ones(n)], 1)
+    return calibrate_thresholds(np.stack([s, np.zeros_like(s)], 1), correct, costs, target)

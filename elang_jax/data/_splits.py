@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 
 import numpy as np
 
@@ -61,22 +62,67 @@ def sentence_holdout(
     occurs inside a held-out sentence (its phrases, and any duplicate) leaves the training
     side, so no part of a calibration sentence is ever trained on.
 
+    Results are memoised per process: fine-tuning runs and calibration ask for the same split.
+
     Returns:
       (train indices, held-out indices), both sorted and disjoint; together they may not
       cover range(n): the removed phrases are in neither.
     """
-    n = len(texts)
     if holdout < 1:
         raise ValueError(f"holdout must be >= 1, got {holdout}")
-    # "\n" never occurs inside a GLUE text, so a match never spans two examples.
-    corpus = "\n".join(texts)
-    copies = collections.Counter(texts)
+    train, held = _sentence_holdout(tuple(texts), holdout, seed, min_words)
+    return train.copy(), held.copy()
+
+
+class _WordIndex:
+    """Which of some texts may contain a given text as a substring, found through words.
+
+    If `text` has three or more words, its inner words (all but the first and last, which
+    may match only part of a word) appear as whole whitespace-separated words in any text
+    that contains it. So only the texts holding its rarest inner word need a substring test:
+    the same answer as scanning every text, without the scan (30 s -> 1 s on SST-2).
+    """
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self.joined = "\n".join(texts)  # "\n" never occurs in a GLUE text
+        self.by_word: dict[str, list[int]] = collections.defaultdict(list)
+        for j, text in enumerate(texts):
+            for word in set(text.split()):
+                self.by_word[word].append(j)
+
+    def inside_longer(self, text: str) -> bool:
+        """Whether `text` occurs inside one of the texts that is longer than it."""
+        inner = text.split()[1:-1]
+        if not inner:
+            return any(len(t) > len(text) and text in t for t in self.texts)
+        rows = min((self.by_word.get(w, ()) for w in inner), key=len)
+        return any(len(self.texts[j]) > len(text) and text in self.texts[j] for j in rows)
+
+    def inside_any(self, text: str) -> bool:
+        """Whether `text` occurs inside (or equals) one of the texts."""
+        inner = text.split()[1:-1]
+        if not inner:
+            return text in self.joined
+        rows = min((self.by_word.get(w, ()) for w in inner), key=len)
+        return any(text in self.texts[j] for j in rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _sentence_holdout(
+    texts: tuple[str, ...], holdout: int, seed: int, min_words: int
+) -> tuple[np.ndarray, np.ndarray]:
+    n = len(texts)
+    # A text occurs inside another example only if that example is longer (an example of the
+    # same length containing it equals it), so "inside no other example" is "inside no
+    # longer distinct text".
+    index = _WordIndex(list(dict.fromkeys(texts)))
     held, seen = [], set()
     for i in np.random.default_rng(seed).permutation(n):
         text = texts[i]
         if text in seen or len(text.split()) < min_words:
             continue
-        if corpus.count(text) == copies[text]:  # inside no other example
+        if not index.inside_longer(text):
             held.append(int(i))
             seen.add(text)
             if len(held) == holdout:
@@ -85,9 +131,9 @@ def sentence_holdout(
         raise ValueError(
             f"only {len(held)} sentences of >= {min_words} words exist, asked for {holdout}"
         )
-    held_corpus = "\n".join(texts[i] for i in held)
+    held_index = _WordIndex([texts[i] for i in held])
     held_set = set(held)
-    train = [i for i in range(n) if i not in held_set and texts[i] not in held_corpus]
+    train = [i for i in range(n) if i not in held_set and not held_index.inside_any(texts[i])]
     return np.asarray(train, np.int64), np.sort(np.asarray(held, np.int64))
 
 

@@ -22,6 +22,7 @@ from elang_jax.exits._policy import (
 from elang_jax.exits._train import (
     ExitTrainConfig,
     collect_features,
+    dataset_exit_logits,
     fit_exit_temperatures,
     joint_loss,
     train_exit_heads,
@@ -47,6 +48,7 @@ __all__ = [
     "calibrate_exits",
     "candidate_settings",
     "collect_features",
+    "dataset_exit_logits",
     "exit_scores",
     "fit_exit_temperatures",
     "joint_loss",

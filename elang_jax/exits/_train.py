@@ -63,6 +63,15 @@ def collect_features(
     return D.restore_order(idx, feats, n), D.restore_order(idx, last, n)
 
 
+def dataset_exit_logits(
+    model: MultiExit, encoded: D.Encoded, batch_size: int = 64, buckets=None
+) -> np.ndarray:
+    """[e n c] float32 logits of every exit over a whole dataset, in its order: the input of
+    `fit_exit_temperatures`, `calibrate_exits` and `simulate_exits`."""
+    feats, last_cls = collect_features(model, encoded, batch_size, buckets)
+    return np.asarray(model.logits_from_features(feats, last_cls), np.float32)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ExitTrainConfig:
     """Stage-2 (frozen backbone) training of the exit heads.

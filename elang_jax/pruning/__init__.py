@@ -11,6 +11,15 @@ Typical use::
     schedule = pruning.tune_schedule(2.0, dims, {32: 640, 64: 192}, pruning.AccConfig.bert())
 """
 
+# Calibration of the schedule, and the compiled pruned forward.
+from elang_jax.pruning._calibrate import (
+    acc_logits,
+    batch_workload,
+    calibrate_schedule,
+    classifier_head_flops,
+    schedule_candidates,
+)
+
 # Cost model and offline tuning.
 from elang_jax.pruning._cost import LayerDims, predicted_speedup, stack_flops, tune_schedule
 
@@ -50,6 +59,12 @@ __all__ = [
     "predicted_speedup",
     "stack_flops",
     "tune_schedule",
+    # Calibration
+    "acc_logits",
+    "batch_workload",
+    "calibrate_schedule",
+    "classifier_head_flops",
+    "schedule_candidates",
     # Encoders
     "PrunedOutput",
     "acc_classify",

@@ -1,0 +1,67 @@
+"""`elang-jax bench`: one speed suite for every adaptive-compute mechanism, no fine-tuning.
+
+Each benchmark times a mechanism against its dense baseline in one process, candidates
+interleaved round by round after a compile call each, and returns a `BenchResult`: median
+and min milliseconds per candidate, the measured speed-up over the baseline and, where one
+applies, the analytic FLOP speed-up (`elang_jax.flops`). Typical use::
+
+    from elang_jax import benchmarks
+
+    results = benchmarks.run_benchmarks(benchmarks.BenchConfig.quick(), ["cascade", "acc"])
+    for r in results:
+        print(benchmarks.format_table(r))
+    benchmarks.write_json(results, "bench_results.json")
+
+or from the shell: `python -m elang_jax.benchmarks --quick --only cascade acc`.
+"""
+
+# One module per benchmark (`_acc` ... `_moe`), plus the config, timing, results, reports,
+# the registry (`_suite`) and the command line (`_cli`); grouped by role in `__all__`.
+from elang_jax.benchmarks._acc import bench_acc
+from elang_jax.benchmarks._backbone import BackboneSetup, bench_backbone, matmul_gflops
+from elang_jax.benchmarks._cascade import bench_cascade, escalation_threshold
+from elang_jax.benchmarks._cli import add_bench_parser, build_parser, main, run_bench
+from elang_jax.benchmarks._compaction import bench_compaction
+from elang_jax.benchmarks._config import BENCHMARK_NAMES, BenchConfig
+from elang_jax.benchmarks._exits import bench_exits, threshold_for_depth
+from elang_jax.benchmarks._moe import bench_moe
+from elang_jax.benchmarks._report import format_table, suite_dict, write_json
+from elang_jax.benchmarks._result import BenchResult, Candidate, environment
+from elang_jax.benchmarks._suite import BENCHMARKS, resolve_names, run_benchmarks
+from elang_jax.benchmarks._timing import Timing, time_interleaved
+
+__all__ = [
+    # Configuration
+    "BENCHMARK_NAMES",
+    "BenchConfig",
+    # Running
+    "BENCHMARKS",
+    "resolve_names",
+    "run_benchmarks",
+    # Benchmarks
+    "BackboneSetup",
+    "bench_acc",
+    "bench_backbone",
+    "bench_cascade",
+    "bench_compaction",
+    "bench_exits",
+    "bench_moe",
+    "escalation_threshold",
+    "matmul_gflops",
+    "threshold_for_depth",
+    # Results and timing
+    "BenchResult",
+    "Candidate",
+    "Timing",
+    "environment",
+    "time_interleaved",
+    # Reports
+    "format_table",
+    "suite_dict",
+    "write_json",
+    # Command line
+    "add_bench_parser",
+    "build_parser",
+    "main",
+    "run_bench",
+]

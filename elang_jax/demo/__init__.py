@@ -1,0 +1,69 @@
+"""`elang-jax demo`: every adaptive-compute method on a fine-tuned MiniLM, in one command.
+
+Fine-tunes (or reuses from the cache) a 6-layer Super and a 2-layer Swift, calibrates each
+method on held-out training examples for accuracy within half a point of Super, then
+reports accuracy, FLOP and measured speed-up against Super, and the work each method skips.
+
+Typical use::
+
+    from elang_jax import demo
+
+    result = demo.run_demo(demo.DemoConfig.full("sst2"), out_dir="/tmp/demo")
+    result.rows  # one dict per method
+"""
+
+# Configuration and presets.
+from elang_jax.demo._config import TASKS, DemoConfig, DemoError
+
+# Data, including a user's own evaluation file.
+from elang_jax.demo._data import DemoData, load_data, read_eval_file
+
+# Methods, their evaluation and timing.
+from elang_jax.demo._methods import Calibration, Evaluation, Method, RowStats, evaluate
+from elang_jax.demo._models import FinetunedModel, finetune, finetune_config
+
+# Reports.
+from elang_jax.demo._report import (
+    format_table,
+    make_row,
+    plot_frontier,
+    write_all,
+    write_csv,
+    write_json,
+)
+
+# The whole run.
+from elang_jax.demo._run import DemoResult, run_demo
+from elang_jax.demo._timing import measure
+
+__all__ = [
+    # Configuration
+    "TASKS",
+    "DemoConfig",
+    "DemoError",
+    # Data
+    "DemoData",
+    "load_data",
+    "read_eval_file",
+    # Models
+    "FinetunedModel",
+    "finetune",
+    "finetune_config",
+    # Methods
+    "Calibration",
+    "Evaluation",
+    "Method",
+    "RowStats",
+    "evaluate",
+    "measure",
+    # Reports
+    "format_table",
+    "make_row",
+    "plot_frontier",
+    "write_all",
+    "write_csv",
+    "write_json",
+    # Run
+    "DemoResult",
+    "run_demo",
+]

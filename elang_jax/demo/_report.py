@@ -1,0 +1,204 @@
+"""The demo's results: one row per method, printed as a table and written as JSON, CSV and a
+plot of accuracy against measured speed-up."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SKIP_UNITS = ("inputs", "layers", "tokens", "experts")
+REFERENCE_METHODS = ("Super", "Swift")
+
+# What "skipped" means per unit, for the table's footnote.
+SKIP_LEGEND = {
+    "inputs": "inputs that never reached Super / its last layer",
+    "layers": "layer computations skipped",
+    "tokens": "token-layer slots dropped (of the padded length)",
+    "experts": "FFN experts not run per token",
+}
+
+
+def make_row(
+    method: str,
+    kind: str,
+    accuracy: float,
+    flop_speedup: float,
+    measured_speedup: float,
+    skipped: dict[str, float],
+    **extra: Any,
+) -> dict[str, Any]:
+    """One result row; `extra` holds anything else worth keeping (F1, calibration, ...)."""
+    for name, value in (("accuracy", accuracy), ("flop_speedup", flop_speedup)):
+        if not math.isfinite(value):
+            raise ValueError(f"{method}: {name} is {value}")
+    unknown = set(skipped) - set(SKIP_UNITS)
+    if unknown:
+        raise ValueError(f"{method}: unknown skipped units {sorted(unknown)}; use {SKIP_UNITS}")
+    return dict(
+        method=method,
+        kind=kind,
+        accuracy=float(accuracy),
+        flop_speedup=float(flop_speedup),
+        measured_speedup=float(measured_speedup),
+        skipped={k: float(v) for k, v in skipped.items()},
+        **extra,
+    )
+
+
+def _skipped_text(skipped: dict[str, float]) -> str:
+    return ", ".join(f"{100 * v:.0f}% {k}" for k, v in skipped.items()) or "-"
+
+
+def format_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
+    """The rows as a plain-text table (accuracy in %, speed-ups vs Super)."""
+    with_f1 = any("f1" in r for r in rows)
+    header = ["method", "accuracy"] + (["F1"] if with_f1 else [])
+    header += ["FLOP x", "measured x", "skipped", "calib. acc (Super)"]
+    lines = []
+    for r in rows:
+        cal = r.get("calibration") or {}
+        cal_text = (
+            f"{100 * cal['accuracy']:.2f} ({100 * cal['reference_accuracy']:.2f})"
+            + ("" if cal.get("target_met", True) else " missed")
+            if cal
+            else ""
+        )
+        cells = [r["method"], f"{100 * r['accuracy']:.2f}"]
+        if with_f1:
+            cells.append(f"{100 * r['f1']:.2f}" if "f1" in r else "")
+        cells += [
+            f"{r['flop_speedup']:.2f}",
+            f"{r['measured_speedup']:.2f}",
+            _skipped_text(r["skipped"]),
+            cal_text,
+        ]
+        lines.append(cells)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells):
+        return "  ".join(
+            c.ljust(w) if i in (0, len(cells) - 2) else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [title] if title else []
+    out += [fmt(header), fmt(["-" * w for w in widths])]
+    out += [fmt(c) for c in lines]
+    units = sorted({k for r in rows for k in r["skipped"]}, key=SKIP_UNITS.index)
+    if units:
+        out.append("skipped: " + "; ".join(f"{k} = {SKIP_LEGEND[k]}" for k in units))
+    return "\n".join(out)
+
+
+def write_json(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """`results.json`: the list of rows (strict JSON: an infinite threshold is "inf")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_finite(list(rows)), indent=2, default=_jsonable, allow_nan=False)
+    path.write_text(text + "\n")
+    return path
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "item"):  # numpy scalars
+        return x.item()
+    if isinstance(x, (tuple, set)):
+        return list(x)
+    return str(x)
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """`results.csv`: one line per method, the skipped shares in one column per unit and the
+    calibration outcome flattened."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with_f1 = any("f1" in r for r in rows)
+    fields = ["method", "kind", "accuracy"] + (["f1"] if with_f1 else [])
+    fields += ["flop_speedup", "measured_speedup"]
+    fields += [f"skipped_{u}" for u in SKIP_UNITS]
+    fields += ["calib_accuracy", "calib_super_accuracy", "target_met", "setting"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            cal = r.get("calibration") or {}
+            line = {k: r.get(k, "") for k in fields[: fields.index("skipped_inputs")]}
+            line.update({f"skipped_{u}": r["skipped"].get(u, "") for u in SKIP_UNITS})
+            line.update(
+                calib_accuracy=cal.get("accuracy", ""),
+                calib_super_accuracy=cal.get("reference_accuracy", ""),
+                target_met=cal.get("target_met", ""),
+                setting=json.dumps(_finite(cal["setting"]), default=_jsonable) if cal else "",
+            )
+            writer.writerow(line)
+    return path
+
+
+def plot_frontier(
+    rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """`frontier.png`: accuracy against measured speed-up, Super and Swift marked as the
+    reference points, a dashed line at Super's accuracy."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    try:
+        for r in rows:
+            x, y = r["measured_speedup"], 100 * r["accuracy"]
+            if r["method"] in REFERENCE_METHODS:
+                ax.scatter(x, y, marker="*", s=220, color="black", zorder=3)
+                label = f"{r['method']} (reference)"
+                ax.annotate(
+                    label, (x, y), textcoords="offset points", xytext=(8, -4), weight="bold"
+                )
+            else:
+                ax.scatter(x, y, s=60, zorder=3)
+                ax.annotate(
+                    r["method"], (x, y), textcoords="offset points", xytext=(8, 4), fontsize=8
+                )
+        supers = [r for r in rows if r["method"] == "Super"]
+        if supers:
+            ax.axhline(100 * supers[0]["accuracy"], color="grey", lw=0.8, ls="--", zorder=1)
+        ax.set_xlabel("measured speed-up vs Super (batch 64, jit, wall-clock)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(title or "accuracy vs measured speed-up")
+        ax.grid(alpha=0.3)
+        xs = [r["measured_speedup"] for r in rows]
+        ax.set_xlim(0, max(xs) * 1.35 + 0.1)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_all(
+    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], title: str = ""
+) -> list[Path]:
+    """results.json, results.csv and frontier.png in `out_dir`."""
+    out = Path(out_dir)
+    return [
+        write_json(rows, out / "results.json"),
+        write_csv(rows, out / "results.csv"),
+        plot_frontier(rows, out / "frontier.png", title),
+    ]

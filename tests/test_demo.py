@@ -1,0 +1,338 @@
+"""`elang-jax demo`: configuration, reports, the evaluation-file reader, the CLI, timing, and
+one end-to-end run on tiny random models (the `tiny` preset, a few dozen SST-2 examples).
+
+The fast split of SST-2 into calibration sentences and training phrases is checked against
+the original quadratic implementation here too: the demo is what made it worth speeding up.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from elang_jax import data
+from elang_jax.cli import DEMO_TASKS, build_parser, demo_config, main
+from elang_jax.demo import (
+    TASKS,
+    DemoConfig,
+    DemoError,
+    format_table,
+    make_row,
+    read_eval_file,
+    run_demo,
+    write_all,
+)
+from elang_jax.timing import reference_passes, time_against_reference
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(minilm_dir) -> Path:
+    return minilm_dir
+
+
+def _rows() -> list[dict]:
+    cal = dict(setting={"threshold": 1.5}, accuracy=0.9, reference_accuracy=0.905, cost=0.4)
+    return [
+        make_row("Super", "reference", 0.9, 1.0, 1.0, {}),
+        make_row("Swift", "reference", 0.85, 3.0, 2.6, {}),
+        make_row(
+            "E-LANG energy cascade",
+            "cascade",
+            0.895,
+            1.4,
+            1.3,
+            {"inputs": 0.6},
+            calibration={**cal, "target_met": True},
+        ),
+        make_row(
+            "ACC token pruning",
+            "pruning",
+            0.89,
+            1.8,
+            1.9,
+            {"tokens": 0.4},
+            calibration={**cal, "target_met": False},
+        ),
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+def test_presets_are_valid_and_distinct(tokenizer_dir):
+    full, quick = DemoConfig.full(), DemoConfig.quick()
+    tiny = DemoConfig.tiny(tokenizer_dir)
+    assert full.task == quick.task == tiny.task == "sst2"
+    assert quick.train_examples < full.train_examples
+    assert full.holdout_kind is data.HoldoutKind.SENTENCES
+    # Recipes never share a cache directory by default.
+    assert full.cache_path != quick.cache_path
+    assert full.cache_path.name == "sst2"
+    for task in TASKS:
+        cfg = DemoConfig.full(task)
+        assert cfg.max_length <= cfg.eval_buckets[-1]
+    assert DemoConfig.full("mrpc").holdout_kind is data.HoldoutKind.RANDOM
+    assert DemoConfig.full().moe_top_k == (2,)
+    assert DemoConfig.full(moe_active=(0.25, 0.5)).moe_top_k == (4, 2)
+    json.dumps(tiny.to_json())
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(task="cola"), "unknown task 'cola'"),
+        (dict(task="qnli"), "training split is not shipped"),
+        (dict(task="mrpc"), "sentence-pair task"),
+        (dict(epsilon=2.0), "epsilon"),
+        (dict(eval_buckets=(64, 32)), "ascending"),
+        (dict(max_length=128), "must hold"),
+        (dict(timing_rounds=0), "timing_rounds"),
+        (dict(acc_targets=(0.5,)), "acc_targets"),
+        (dict(moe_active=(0.05,)), "at least one"),
+        (dict(model_dir="/x", model_config=object()), "not both"),
+        (dict(exit_pooling="max"), "exit_pooling"),
+    ],
+)
+def test_config_validation(kw, match):
+    with pytest.raises(DemoError, match=match):
+        DemoConfig(**kw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+
+
+def test_report_writers(tmp_path):
+    rows = _rows()
+    files = write_all(rows, tmp_path, "test")
+    assert [f.name for f in files] == ["results.json", "results.csv", "frontier.png"]
+    back = json.loads((tmp_path / "results.json").read_text())
+    assert [r["method"] for r in back] == [r["method"] for r in rows]
+    for r in back:
+        assert {"method", "accuracy", "flop_speedup", "measured_speedup", "skipped"} <= set(r)
+    with (tmp_path / "results.csv").open() as f:
+        lines = list(csv.DictReader(f))
+    assert lines[2]["skipped_inputs"] == "0.6" and lines[2]["skipped_tokens"] == ""
+    assert lines[3]["target_met"] == "False"
+    assert json.loads(lines[2]["setting"]) == {"threshold": 1.5}
+    png = (tmp_path / "frontier.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    table = format_table(rows, "title")
+    assert table.splitlines()[0] == "title"
+    assert "60% inputs" in table and "missed" in table and "89.50" in table
+
+
+def test_make_row_rejects_bad_values():
+    with pytest.raises(ValueError, match="unknown skipped"):
+        make_row("x", "moe", 0.5, 1.0, 1.0, {"neurons": 0.5})
+    with pytest.raises(ValueError, match="accuracy"):
+        make_row("x", "moe", math.nan, 1.0, 1.0, {})
+
+
+# ----------------------------------------------------------------------------------------------
+# The user's evaluation file
+
+
+def test_eval_file_reader(tmp_path):
+    good = tmp_path / "good.tsv"
+    good.write_text("sentence\tlabel\na fine film \t1\na dull mess \t0\n")
+    ex = read_eval_file("sst2", good)
+    assert ex.text_a == ["a fine film ", "a dull mess "] and ex.labels.tolist() == [1, 0]
+    with pytest.raises(DemoError, match="no such file"):
+        read_eval_file("sst2", tmp_path / "missing.tsv")
+    wrong = tmp_path / "wrong.tsv"
+    wrong.write_text("text\tlabel\na fine film\t1\n")
+    with pytest.raises(DemoError, match=r"missing column.*'sentence'.*header row"):
+        read_eval_file("sst2", wrong)
+    unlabelled = tmp_path / "unlabelled.tsv"
+    unlabelled.write_text("sentence\na fine film\n")
+    with pytest.raises(DemoError, match="label"):
+        read_eval_file("sst2", unlabelled)
+    bad_label = tmp_path / "bad_label.tsv"
+    bad_label.write_text("sentence\tlabel\na fine film\tpositive\n")
+    with pytest.raises(DemoError, match="unknown label"):
+        read_eval_file("sst2", bad_label)
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("sentence\tlabel\n")
+    with pytest.raises(DemoError, match="no examples"):
+        read_eval_file("sst2", empty)
+    with pytest.raises(DemoError, match=r"'#1 String'"):
+        read_eval_file("mrpc", good)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def test_cli_parsing(tmp_path):
+    assert DEMO_TASKS == TASKS
+    args = build_parser().parse_args(["demo"])
+    config = demo_config(args)
+    assert config == DemoConfig.full("sst2")
+    args = build_parser().parse_args(
+        [
+            "demo",
+            "--task",
+            "mrpc",
+            "--quick",
+            "--cache-dir",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--eval-file",
+            "x.tsv",
+            "--timing-rounds",
+            "3",
+            "--no-progress",
+        ]
+    )
+    config = demo_config(args)
+    assert config.preset == "quick" and config.task == "mrpc" and config.timing_rounds == 3
+    assert config.cache_path == tmp_path and not config.progress
+    assert args.out == str(tmp_path / "out") and args.eval_file == "x.tsv"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--task", "cola"])
+
+
+def test_cli_reports_a_missing_eval_file(tmp_path, capsys):
+    # Fails before any download or fine-tuning.
+    code = main(["demo", "--cache-dir", str(tmp_path), "--eval-file", str(tmp_path / "nope.tsv")])
+    assert code == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Library pieces the demo relies on
+
+
+def test_time_interleaved_counts_and_ratios():
+    calls = []
+
+    def fn(name, cost):
+        def run(_batch):
+            calls.append(name)
+            return np.zeros(()) + sum(range(cost))
+
+        return run
+
+    ticks = []
+    out = time_against_reference(
+        fn("ref", 200_000), {"a": fn("a", 10), "b": fn("b", 10)}, [0, 1], 2, progress=ticks.append
+    )
+    assert len(ticks) == reference_passes(2, 2)
+    assert calls[:6] == ["ref", "ref", "a", "a", "b", "b"]  # one warm-up pass each
+    one_round = ["ref"] * 2 + ["a"] * 2 + ["ref"] * 2 + ["b"] * 2 + ["ref"] * 2
+    assert calls[6:] == one_round * 2
+    assert set(out) == {"a", "b"} and all(t.speedup > 1 for t in out.values())
+    assert len(out["a"].rounds) == 2
+
+
+def _old_sentence_holdout(texts, holdout, seed=0, min_words=3):
+    # The original implementation, a scan of the whole corpus per candidate.
+    import collections
+
+    n = len(texts)
+    corpus = "\n".join(texts)
+    copies = collections.Counter(texts)
+    held, seen = [], set()
+    for i in np.random.default_rng(seed).permutation(n):
+        text = texts[i]
+        if text in seen or len(text.split()) < min_words:
+            continue
+        if corpus.count(text) == copies[text]:
+            held.append(int(i))
+            seen.add(text)
+            if len(held) == holdout:
+                break
+    if len(held) < holdout:
+        raise ValueError("too few")
+    held_corpus = "\n".join(texts[i] for i in held)
+    train = [i for i in range(n) if i not in set(held) and texts[i] not in held_corpus]
+    return np.asarray(train, np.int64), np.sort(np.asarray(held, np.int64))
+
+
+def test_sentence_holdout_matches_the_original():
+    texts = data.read_glue("sst2", "train").text_a[:3000]
+    for holdout, seed in ((50, 0), (200, 3)):
+        new = data.sentence_holdout(texts, holdout, seed)
+        old = _old_sentence_holdout(texts, holdout, seed)
+        for a, b in zip(new, old, strict=True):
+            np.testing.assert_array_equal(a, b)
+    # Substrings that cut words (inner words still whole), duplicates, trailing spaces.
+    rng = np.random.default_rng(0)
+    words = ["a", "ab", "b", "ba", "abc", "c"]
+    for trial in range(40):
+        texts = [
+            " ".join(rng.choice(words, rng.integers(1, 7))) + (" " if rng.random() < 0.5 else "")
+            for _ in range(60)
+        ]
+        for min_words in (1, 3):
+            try:
+                old = _old_sentence_holdout(texts, 3, trial, min_words)
+            except ValueError:
+                with pytest.raises(ValueError):
+                    data.sentence_holdout(texts, 3, trial, min_words)
+                continue
+            new = data.sentence_holdout(texts, 3, trial, min_words)
+            for a, b in zip(new, old, strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# End to end on tiny models
+
+
+@pytest.fixture
+def fast_compile():
+    # Compiling dominates a run on tiny models; XLA's optimisations buy nothing there.
+    import jax
+
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def test_tiny_end_to_end(tokenizer_dir, tmp_path, fast_compile):
+    config = DemoConfig.tiny(tokenizer_dir, cache_dir=str(tmp_path / "cache"))
+    eval_file = tmp_path / "mine.tsv"
+    eval_file.write_text("sentence\tlabel\n" + "a fine film \t1\na dull mess \t0\n" * 6)
+    lines: list[str] = []
+    result = run_demo(config, out_dir=tmp_path / "out", eval_file=eval_file, echo=lines.append)
+    names = [r["method"] for r in result.rows]
+    assert names[:2] == ["Super", "Swift"]
+    kinds = {r["kind"] for r in result.rows}
+    assert kinds == {"reference", "cascade", "exits", "pruning", "moe"}
+    by_name = {r["method"]: r for r in result.rows}
+    assert by_name["Super"]["flop_speedup"] == 1.0 and by_name["Super"]["measured_speedup"] == 1.0
+    assert by_name["Swift"]["flop_speedup"] > 1.5
+    for r in result.rows:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["flop_speedup"] > 0
+        assert r["measured_speedup"] > 0
+        assert all(0.0 <= v <= 1.0 for v in r["skipped"].values())
+        if r["kind"] != "reference":
+            cal = r["calibration"]
+            assert {"setting", "accuracy", "reference_accuracy", "target_met"} <= set(cal)
+    moe_row = next(r for r in result.rows if r["kind"] == "moe")
+    assert moe_row["skipped"] == {"experts": 0.5}
+    assert result.eval_rows is not None and len(result.eval_rows) == len(result.rows)
+    assert result.eval_rows[0]["examples"] == 12
+    out = tmp_path / "out"
+    for name in ("results.json", "results.csv", "frontier.png", "run.json"):
+        assert (out / name).is_file()
+    assert (out / "eval_file" / "results.json").is_file()
+    assert any("Super" in line and "1.00" in line for line in lines)
+    assert not result.finetune["super"]["cached"]
+
+    # A second run reuses both models and the derived artefacts, and gets the same answers.
+    again = run_demo(config, echo=lambda _: None)
+    assert again.finetune["super"]["cached"] and again.finetune["swift"]["cached"]
+    for a, b in zip(result.rows, again.rows, strict=True):
+        assert a["method"] == b["method"] and a["accuracy"] == b["accuracy"]
+        assert a["flop_speedup"] == pytest.approx(b["flop_speedup"])
