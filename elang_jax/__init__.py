@@ -16,6 +16,9 @@ from elang_jax.cascade import (
     TierConfig,
 )
 
+# Composition: cascades, exits, MoE and pruning through one configuration
+from elang_jax.compose import ComposedClassifier, ComposedConfig, ComposedTierConfig
+
 # The compaction core
 from elang_jax.core import bucket_sizes, compact_apply
 
@@ -63,6 +66,9 @@ __all__ = [
     "CascadeOutput",
     "CheckpointMismatchError",
     "ClassifierOutput",
+    "ComposedClassifier",
+    "ComposedConfig",
+    "ComposedTierConfig",
     "ElangSeq2Seq",
     "EncoderOutput",
     "ExitPolicy",

@@ -1,8 +1,11 @@
 """Compiled classifier forwards and their wall-clock on the same padded batches.
 
-Shared by the benchmarks in eval/ and by `elang-jax demo`. A speed-up is only meaningful when
-both sides run the same batches in the same process, compiled beforehand; on a shared
-machine the sides must also be timed alternately, so that a slow spell hits both alike.
+Shared by the benchmarks in eval/, `elang-jax bench` and `elang-jax demo`. A speed-up is only
+meaningful when both sides run the same work in the same process, compiled beforehand; on a
+shared machine the sides must also be timed alternately, so that a slow spell hits both
+alike. Two protocols: passes over padded batches against a reference
+(`time_against_reference`, the demo) and zero-argument calls side by side
+(`time_interleaved`, the bench suite).
 
 Shape vocabulary: b batch rows, t padded length, c classes.
 """
@@ -98,9 +101,9 @@ class ReferenceTiming:
 
     Attributes:
       seconds: median seconds of one pass over the batches.
-      reference_seconds: median seconds of the reference's passes next to this function's.
-      speedup: median over rounds of (mean of the reference passes just before and just
-        after this function's pass) / (this function's pass).
+      reference_seconds: median seconds of the reference's passes.
+      speedup: median over rounds of the reference's pass over this function's pass in
+        the same round.
       rounds: the per-round speed-ups.
     """
 
@@ -119,13 +122,13 @@ def time_against_reference(
     compiled: bool = False,
     progress: Callable[[int], Any] | None = None,
 ) -> dict[str, ReferenceTiming]:
-    """Times several functions against one reference, interleaved, after a warm-up pass.
+    """Times several functions against one reference over the same batches, interleaved.
 
-    Each round runs reference, first candidate, reference, second candidate, ..., reference:
-    every candidate's pass sits between two reference passes, and its round's speed-up is
-    the mean of those two over its own time. A disturbance of the shared machine therefore
-    hits a candidate and the reference it is compared with alike, at the cost of one
-    reference pass per candidate (not two). The reported speed-up is the median over rounds.
+    The protocol is `time_interleaved`'s, one call being a pass over `batches`: every round
+    runs the reference and each candidate once, the starting one rotating from round to
+    round, so that a slow spell of a shared machine hits a candidate and the reference of the
+    same round alike. A round's speed-up is the reference's pass over the candidate's; the
+    reported speed-up is the median over rounds.
 
     Args:
       reference: the baseline (e.g. the large model alone), `fn(batch)`.
@@ -136,31 +139,23 @@ def time_against_reference(
       progress: called with 1 after each pass, warm-up passes included (e.g. a tqdm bar's
         `update`); `reference_passes(len(candidates), rounds, compiled)` passes in all.
     """
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
     if not batches:
         raise ValueError("no batches to time")
-    tick = progress or (lambda _: None)
-    if not compiled:
-        warm_up([reference, *candidates.values()], batches, tick)
-    names = list(candidates)
-    ref: list[list[float]] = [[] for _ in range(len(names) + 1)]
-    own: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(rounds):
-        ref[0].append(_pass(reference, batches))
-        tick(1)
-        for i, name in enumerate(names):
-            own[name].append(_pass(candidates[name], batches))
-            tick(1)
-            ref[i + 1].append(_pass(reference, batches))
-            tick(1)
+    key = "\0reference"  # cannot clash with a candidate's name
+
+    def over_batches(fn: BatchFn) -> Callable[[], Any]:
+        return lambda: [fn(b) for b in batches]
+
+    calls = {key: over_batches(reference)} | {n: over_batches(f) for n, f in candidates.items()}
+    timings = time_interleaved(calls, rounds, warm_up=not compiled, progress=progress)
+    ref = timings[key].samples_ms
     out = {}
-    for i, name in enumerate(names):
-        around = [(a + b) / 2 for a, b in zip(ref[i], ref[i + 1], strict=True)]
-        ratios = tuple(a / s for a, s in zip(around, own[name], strict=True))
+    for name in candidates:
+        own = timings[name].samples_ms
+        ratios = tuple(a / b for a, b in zip(ref, own, strict=True))
         out[name] = ReferenceTiming(
-            seconds=float(np.median(own[name])),
-            reference_seconds=float(np.median(around)),
+            seconds=timings[name].median_ms / 1e3,
+            reference_seconds=timings[key].median_ms / 1e3,
             speedup=float(np.median(ratios)),
             rounds=ratios,
         )
@@ -169,4 +164,95 @@ def time_against_reference(
 
 def reference_passes(num_candidates: int, rounds: int, compiled: bool = False) -> int:
     """Passes over the batches that `time_against_reference` makes, its warm-up included."""
-    return (0 if compiled else num_candidates + 1) + rounds * (2 * num_candidates + 1)
+    return (0 if compiled else num_candidates + 1) + rounds * (num_candidates + 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Zero-argument calls, side by side
+#
+# Interleaved wall-clock timing of zero-argument calls.
+#
+# A ratio of two timings means something only when both sides ran in the same process,
+# compiled beforehand, and close together in time: on a shared machine a slow spell then hits
+# every candidate alike. So each candidate is called once to compile and warm up, then every
+# round calls each candidate once, the starting candidate rotating from round to round so
+# that none always runs first (or right after the same neighbour). Every call is followed by
+# `jax.block_until_ready`: JAX dispatches asynchronously, and a call that returns before its
+# result is computed would time the dispatch only.
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """One candidate's wall-clock over the rounds.
+
+    Attributes:
+      median_ms: median milliseconds of one call.
+      min_ms: fastest call (the least disturbed by other load).
+      samples_ms: every round's milliseconds, in round order.
+    """
+
+    median_ms: float
+    min_ms: float
+    samples_ms: tuple[float, ...]
+
+
+def _call_ms(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(
+    candidates: Mapping[str, Callable[[], Any]],
+    rounds: int,
+    *,
+    untimed_before: int = 0,
+    warm_up: bool = True,
+    progress: Callable[[int], Any] | None = None,
+) -> dict[str, Timing]:
+    """Times zero-argument calls side by side (see the module docstring).
+
+    Args:
+      candidates: name -> `fn()`; each returns a pytree of arrays (or anything
+        `jax.block_until_ready` accepts). Inputs are bound in the closure, already on the
+        device, so transfers are not timed.
+      rounds: timing rounds after the warm-up call, >= 1.
+      untimed_before: untimed calls of a candidate right before each timed one. For calls
+        of a few milliseconds the previous candidate's buffers can leave the allocator
+        cold (up to +15 ms measured after `ragged_dot`, eval/bench_moe.py); long calls do
+        not need it.
+      warm_up: call each candidate once, untimed, before the rounds (False: every
+        candidate has already run, e.g. compiled by an evaluation pass).
+      progress: called with 1 after each timed or warm-up call.
+
+    Returns:
+      name -> `Timing`, in the order of `candidates`.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not candidates:
+        raise ValueError("no candidates to time")
+    if untimed_before < 0:
+        raise ValueError(f"untimed_before must be >= 0, got {untimed_before}")
+    names = list(candidates)
+    tick = progress or (lambda _: None)
+    if warm_up:
+        for name in names:
+            _call_ms(candidates[name])  # compile and warm up
+            tick(1)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for i in range(len(names)):
+            name = names[(r + i) % len(names)]
+            for _ in range(untimed_before):
+                jax.block_until_ready(candidates[name]())
+            samples[name].append(_call_ms(candidates[name]))
+            tick(1)
+    return {
+        name: Timing(
+            median_ms=float(np.median(samples[name])),
+            min_ms=float(np.min(samples[name])),
+            samples_ms=tuple(samples[name]),
+        )
+        for name in names
+    }

@@ -72,6 +72,14 @@ def test_routing_hits_its_targets(results):
     acc = results["acc"]
     for target in config.acc_speedups:
         assert acc.candidate(f"acc_{target:g}x").flop_speedup >= target
+    compose = results["compose"]
+    target = config.acc_speedups[0]
+    alone = compose.candidate(f"acc_{target:g}x_alone")
+    both = compose.candidate(f"exits_{depth:g}_layers+acc_{target:g}x")
+    exits_alone = compose.candidate(f"exits_{depth:g}_layers_alone")
+    assert abs(both.info["mean_layers"] - depth) < 0.5
+    # Composing prunes tokens in the layers the exits leave: cheaper than either alone.
+    assert both.flop_speedup > max(alone.flop_speedup, exits_alone.flop_speedup) * 0.95
     moe = results["moe"]
     impls = {"dense_ffn", "moe_dense", "moe_ragged", "moe_capacity"}
     assert {c.name for c in moe.candidates} == impls

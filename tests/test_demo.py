@@ -211,7 +211,7 @@ def test_cli_reports_a_missing_eval_file(tmp_path, capsys):
 # Library pieces the demo relies on
 
 
-def test_time_interleaved_counts_and_ratios():
+def test_time_against_reference_counts_and_ratios():
     calls = []
 
     def fn(name, cost):
@@ -227,8 +227,8 @@ def test_time_interleaved_counts_and_ratios():
     )
     assert len(ticks) == reference_passes(2, 2)
     assert calls[:6] == ["ref", "ref", "a", "a", "b", "b"]  # one warm-up pass each
-    one_round = ["ref"] * 2 + ["a"] * 2 + ["ref"] * 2 + ["b"] * 2 + ["ref"] * 2
-    assert calls[6:] == one_round * 2
+    # Round 0 starts with the reference, round 1 with the next function (rotation).
+    assert calls[6:] == ["ref"] * 2 + ["a"] * 2 + ["b"] * 2 + ["a"] * 2 + ["b"] * 2 + ["ref"] * 2
     assert set(out) == {"a", "b"} and all(t.speedup > 1 for t in out.values())
     assert len(out["a"].rounds) == 2
 
@@ -308,7 +308,7 @@ def test_tiny_end_to_end(tokenizer_dir, tmp_path, fast_compile):
     names = [r["method"] for r in result.rows]
     assert names[:2] == ["Super", "Swift"]
     kinds = {r["kind"] for r in result.rows}
-    assert kinds == {"reference", "cascade", "exits", "pruning", "moe"}
+    assert kinds == {"reference", "cascade", "exits", "pruning", "moe", "composed"}
     by_name = {r["method"]: r for r in result.rows}
     assert by_name["Super"]["flop_speedup"] == 1.0 and by_name["Super"]["measured_speedup"] == 1.0
     assert by_name["Swift"]["flop_speedup"] > 1.5
@@ -336,3 +336,42 @@ def test_tiny_end_to_end(tokenizer_dir, tmp_path, fast_compile):
     for a, b in zip(result.rows, again.rows, strict=True):
         assert a["method"] == b["method"] and a["accuracy"] == b["accuracy"]
         assert a["flop_speedup"] == pytest.approx(b["flop_speedup"])
+
+
+def test_ctrl_c_during_fine_tuning_resumes_with_the_same_numbers(
+    tokenizer_dir, tmp_path, fast_compile, monkeypatch
+):
+    """Ctrl-C while Super fine-tunes, then the same command again: the run resumes from the
+    checkpoint left in the cache and ends with the numbers of a run never interrupted."""
+    from elang_jax.training import _finetune
+
+    def config(cache: str) -> DemoConfig:
+        return DemoConfig.tiny(tokenizer_dir, cache_dir=str(tmp_path / cache))
+
+    whole = run_demo(config("whole"), echo=lambda _: None)
+
+    real = _finetune._device_batch
+    calls = {"n": 0}
+
+    def interrupting(batch):
+        calls["n"] += 1
+        if calls["n"] == 2:  # Super's second batch: its first step has completed
+            raise KeyboardInterrupt
+        return real(batch)
+
+    monkeypatch.setattr(_finetune, "_device_batch", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run_demo(config("interrupted"), echo=lambda _: None)
+    checkpoints = tmp_path / "interrupted" / "super" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["1"]
+    assert not (tmp_path / "interrupted" / "super" / "final").exists()
+
+    monkeypatch.setattr(_finetune, "_device_batch", real)
+    resumed = run_demo(config("interrupted"), echo=lambda _: None)
+    assert not resumed.finetune["super"]["cached"]  # finished in this run, from step 1
+    assert resumed.finetune["super"]["dev_accuracy"] == whole.finetune["super"]["dev_accuracy"]
+    for a, b in zip(whole.rows, resumed.rows, strict=True):
+        assert a["method"] == b["method"]
+        assert a["accuracy"] == b["accuracy"], a["method"]
+        assert a["flop_speedup"] == pytest.approx(b["flop_speedup"]), a["method"]
+        assert a["calibration"] == b["calibration"], a["method"]

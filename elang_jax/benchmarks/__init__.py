@@ -22,13 +22,14 @@ from elang_jax.benchmarks._backbone import BackboneSetup, bench_backbone, matmul
 from elang_jax.benchmarks._cascade import bench_cascade, escalation_threshold
 from elang_jax.benchmarks._cli import add_bench_parser, build_parser, main, run_bench
 from elang_jax.benchmarks._compaction import bench_compaction
+from elang_jax.benchmarks._compose import bench_compose
 from elang_jax.benchmarks._config import BENCHMARK_NAMES, BenchConfig
 from elang_jax.benchmarks._exits import bench_exits, threshold_for_depth
 from elang_jax.benchmarks._moe import bench_moe
 from elang_jax.benchmarks._report import format_table, suite_dict, write_json
 from elang_jax.benchmarks._result import BenchResult, Candidate, environment
 from elang_jax.benchmarks._suite import BENCHMARKS, resolve_names, run_benchmarks
-from elang_jax.benchmarks._timing import Timing, time_interleaved
+from elang_jax.timing import Timing, time_interleaved
 
 __all__ = [
     # Configuration
@@ -44,6 +45,7 @@ __all__ = [
     "bench_backbone",
     "bench_cascade",
     "bench_compaction",
+    "bench_compose",
     "bench_exits",
     "bench_moe",
     "escalation_threshold",

@@ -14,7 +14,6 @@ from __future__ import annotations
 from elang_jax.benchmarks._config import BenchConfig
 from elang_jax.benchmarks._models import build_classifier, jit_module, logits_fn, random_inputs
 from elang_jax.benchmarks._result import BenchResult, make_result
-from elang_jax.benchmarks._timing import time_interleaved
 from elang_jax.pruning import (
     AccConfig,
     KeepSchedule,
@@ -23,6 +22,7 @@ from elang_jax.pruning import (
     predicted_speedup,
     tune_schedule,
 )
+from elang_jax.timing import time_interleaved
 
 BASELINE = "unpruned"
 

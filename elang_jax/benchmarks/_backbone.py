@@ -27,9 +27,9 @@ from elang_jax.benchmarks._models import (
     random_inputs,
 )
 from elang_jax.benchmarks._result import BenchResult, make_result
-from elang_jax.benchmarks._timing import time_interleaved
 from elang_jax.flops import encoder_flops
 from elang_jax.models import BertModel
+from elang_jax.timing import time_interleaved
 
 BASELINE = "jax_jit"
 

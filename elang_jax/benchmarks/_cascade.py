@@ -19,12 +19,13 @@ import numpy as np
 from elang_jax.benchmarks._config import BenchConfig
 from elang_jax.benchmarks._models import build_classifier, logits_fn, random_inputs
 from elang_jax.benchmarks._result import BenchResult, make_result
-from elang_jax.benchmarks._timing import time_interleaved
 from elang_jax.cascade import Cascade, Tier, TierConfig
 from elang_jax.flops import classifier_flops
+from elang_jax.routing import Score
+from elang_jax.timing import time_interleaved
 
 BASELINE = "super_alone"
-SCORE = "energy"
+SCORE = Score.ENERGY
 
 
 def candidate_name(fraction: float) -> str:

@@ -19,9 +19,9 @@ from jaxtyping import Array, Bool, Float, Int
 from elang_jax.benchmarks._config import BenchConfig
 from elang_jax.benchmarks._models import build_classifier, jit_module, random_inputs
 from elang_jax.benchmarks._result import BenchResult, make_result
-from elang_jax.benchmarks._timing import time_interleaved
 from elang_jax.core import bucket_sizes, compact_apply
 from elang_jax.models import BertModel
+from elang_jax.timing import time_interleaved
 
 BASELINE = "whole_batch"
 

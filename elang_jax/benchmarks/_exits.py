@@ -19,8 +19,8 @@ from flax import nnx
 from elang_jax.benchmarks._config import BenchConfig
 from elang_jax.benchmarks._models import build_classifier, jit_module, logits_fn, random_inputs
 from elang_jax.benchmarks._result import BenchResult, make_result
-from elang_jax.benchmarks._timing import time_interleaved
 from elang_jax.exits import (
+    ExitPolicy,
     MultiExit,
     MultiExitConfig,
     candidate_settings,
@@ -28,9 +28,10 @@ from elang_jax.exits import (
     simulate_exits,
 )
 from elang_jax.flops import encoder_layer_flops
+from elang_jax.timing import time_interleaved
 
 BASELINE = "full_model"
-POLICY = "entropy"
+POLICY = ExitPolicy.ENTROPY
 
 
 def candidate_name(depth: float) -> str:

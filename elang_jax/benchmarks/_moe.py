@@ -23,10 +23,10 @@ from flax import nnx
 from elang_jax.benchmarks._config import BenchConfig
 from elang_jax.benchmarks._models import jit_module
 from elang_jax.benchmarks._result import BenchResult, make_result
-from elang_jax.benchmarks._timing import time_interleaved
 from elang_jax.flops import ffn_flops, moe_ffn_flops
 from elang_jax.models import FeedForward
 from elang_jax.moe import MoEConfig, MoEFeedForward, MoEImpl, SplitMethod, split
+from elang_jax.timing import time_interleaved
 
 BASELINE = "dense_ffn"
 

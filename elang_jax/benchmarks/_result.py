@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from elang_jax.benchmarks._timing import Timing
+from elang_jax.timing import Timing
 
 
 @dataclasses.dataclass(frozen=True)

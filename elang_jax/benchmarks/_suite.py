@@ -8,6 +8,7 @@ from elang_jax.benchmarks._acc import bench_acc
 from elang_jax.benchmarks._backbone import bench_backbone
 from elang_jax.benchmarks._cascade import bench_cascade
 from elang_jax.benchmarks._compaction import bench_compaction
+from elang_jax.benchmarks._compose import bench_compose
 from elang_jax.benchmarks._config import BENCHMARK_NAMES, BenchConfig
 from elang_jax.benchmarks._exits import bench_exits
 from elang_jax.benchmarks._moe import bench_moe
@@ -22,6 +23,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "exits": bench_exits,
     "moe": bench_moe,
     "acc": bench_acc,
+    "compose": bench_compose,
 }
 assert tuple(BENCHMARKS) == BENCHMARK_NAMES, "the registry and BENCHMARK_NAMES must agree"
 

@@ -1,8 +1,10 @@
 """`elang-jax demo`: every adaptive-compute method on a fine-tuned MiniLM, in one command.
 
 Fine-tunes (or reuses from the cache) a 6-layer Super and a 2-layer Swift, calibrates each
-method on held-out training examples for accuracy within half a point of Super, then
-reports accuracy, FLOP and measured speed-up against Super, and the work each method skips.
+method on held-out training examples for accuracy within half a point of Super (E-LANG and
+TangoBERT cascades, multi-exit, ACC token pruning, MoEfication, and a composed system that
+exits early and prunes tokens at once, `elang_jax.compose`), then reports accuracy, FLOP
+and measured speed-up against Super, and the work each method skips.
 
 Typical use::
 

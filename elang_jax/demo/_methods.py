@@ -22,12 +22,13 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Bool, Float, Int
 
-from elang_jax import data, exits, flops, moe, pruning
+from elang_jax import compose, data, exits, flops, moe, pruning
 from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate
 from elang_jax.cascade import Cascade, Tier, TierConfig, calibrate_two_tier
 from elang_jax.demo._config import DemoConfig
 from elang_jax.demo._models import load_params, save_params
 from elang_jax.models import BertForSequenceClassification
+from elang_jax.routing import Score
 from elang_jax.timing import batch_inputs, logits_fn
 
 
@@ -53,7 +54,7 @@ class Method:
 
     Attributes:
       name: row label.
-      kind: "reference", "cascade", "exits", "pruning" or "moe".
+      kind: "reference", "cascade", "exits", "pruning", "moe" or "composed".
       forward: jitted `forward(batch)` on a padded batch of `eval_batch_size` rows.
       decode: `decode(batch, forward(batch)) -> RowStats` (host side, not timed).
       calibration: what calibration chose and scored on the calibration split (setting,
@@ -206,7 +207,7 @@ def cascade(
     n = config.cascade_buckets
     built = Cascade(
         [
-            Tier(swift, TierConfig(name="swift", score=score, threshold=threshold)),
+            Tier(swift, TierConfig(name="swift", score=Score(score), threshold=threshold)),
             Tier(super_, TierConfig(name="super")),
         ],
         bucket_fractions=tuple(i / n for i in range(n + 1)),
@@ -242,21 +243,15 @@ def cascade(
 # Multi-exit
 
 
-def multi_exit(
+def exit_model(
     super_: BertForSequenceClassification,
     fit: data.Encoded,
-    calib: Calibration,
     config: DemoConfig,
     cache: Path,
     progress: Callable[[str], None] = lambda _: None,
-    known: dict[str, Any] | None = None,
-) -> Method:
-    """Super with an exit head after every layer (DeeBERT's second stage: the heads are
-    trained on the frozen backbone's features of `fit`), the entropy policy's threshold
-    calibrated on the calibration split.
-
-    `cache` holds the trained heads; they are reused when it exists and matches.
-    """
+) -> exits.MultiExit:
+    """Super with an exit head after every layer, the heads trained on the frozen
+    backbone's features of `fit` (DeeBERT's second stage) or loaded from `cache`."""
     n = config.exit_buckets
     me = exits.MultiExit(
         super_,
@@ -265,11 +260,12 @@ def multi_exit(
         ),
         rngs=nnx.Rngs(config.seed),
     )
-    buckets = data.LengthBuckets(config.eval_buckets)
     if not load_params(_ExitHeads(me), cache):
+        buckets = data.LengthBuckets(config.eval_buckets)
         progress("collecting frozen features")
         feats, _ = exits.collect_features(me, fit, config.eval_batch_size, buckets)
         progress("training exit heads")
+        assert fit.labels is not None
         exits.train_exit_heads(
             me,
             feats,
@@ -277,6 +273,20 @@ def multi_exit(
             exits.ExitTrainConfig(epochs=config.exit_epochs, seed=config.seed),
         )
         save_params(_ExitHeads(me), cache)
+    return me
+
+
+def multi_exit(
+    me: exits.MultiExit,
+    calib: Calibration,
+    config: DemoConfig,
+    progress: Callable[[str], None] = lambda _: None,
+    known: dict[str, Any] | None = None,
+) -> Method:
+    """Super exiting early (`exit_model`), the entropy policy's threshold calibrated on
+    the calibration split."""
+    super_ = me.model
+    buckets = data.LengthBuckets(config.eval_buckets)
     num_layers = super_.config.num_layers
     if known is None:
         progress("calibrating the exit threshold")
@@ -414,7 +424,8 @@ def _moefied(
         # The structure alone (contiguous experts) is cheap; the cached parameters fill it.
         model = nnx.clone(super_)
         for site in moe.ffn_sites(model):
-            site.ffn = moe.MoEFeedForward.from_dense(site.ffn, base)
+            dense = site.ffn  # pyright: ignore[reportAttributeAccessIssue]
+            site.ffn = moe.MoEFeedForward.from_dense(dense, base)  # pyright: ignore[reportAttributeAccessIssue]
         if load_params(_MoEFFNs(model), cache):
             return model
     progress("collecting FFN inputs")
@@ -446,7 +457,7 @@ class _MoEFFNs(nnx.Module):
     """The MoE FFNs of a MoEfied model (what its cache file holds)."""
 
     def __init__(self, model: nnx.Module):
-        self.ffns = nnx.List([site.ffn for site in moe.ffn_sites(model)])
+        self.ffns = nnx.List([site.ffn for site in moe.ffn_sites(model)])  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def moefied(
@@ -469,7 +480,8 @@ def moefied(
 
     def with_top_k(k: int):
         for site in sites:
-            site.ffn.config = site.ffn.config.replace(top_k=k)
+            ffn = site.ffn  # pyright: ignore[reportAttributeAccessIssue]
+            ffn.config = ffn.config.replace(top_k=k)
         return logits_fn(model)  # the top-k is static: a new graph, a new program
 
     if known is None:
@@ -510,6 +522,107 @@ def moefied(
         name=f"MoEfied Super ({k}/{e} experts)",
         kind="moe",
         forward=fn,
+        decode=decode,
+        calibration=known,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Composition
+
+
+def composed_exits_acc(
+    me: exits.MultiExit,
+    calib: Calibration,
+    config: DemoConfig,
+    progress: Callable[[str], None] = lambda _: None,
+    known: dict[str, Any] | None = None,
+) -> Method:
+    """Super exiting early and pruning tokens at once (`elang_jax.compose`): the exit
+    threshold and the keep schedule calibrated jointly. Each candidate schedule (one per
+    `compose_acc_targets`, as ACC's) costs one pass over the calibration split with every
+    exit's logits; the thresholds are then replayed offline."""
+    super_ = me.model
+    cfg = super_.config
+    n = config.exit_buckets
+    fractions = tuple(i / n for i in range(n + 1))
+    acc = pruning.AccConfig.bert(variant=config.acc_variant)
+
+    def system(rate: float, threshold: float = np.inf) -> compose.ComposedClassifier:
+        tier = compose.ComposedTierConfig(
+            name="super",
+            exit_policy=exits.ExitPolicy.ENTROPY,
+            exit_threshold=threshold,
+            acc_rate=rate,
+            acc=acc,
+        )
+        return compose.ComposedClassifier(
+            [me], compose.ComposedConfig(tiers=(tier,), exit_bucket_fractions=fractions)
+        )
+
+    if known is None:
+        dims = pruning.LayerDims.of(cfg)
+        schedules = pruning.schedule_candidates(
+            config.compose_acc_targets,
+            dims,
+            pruning.batch_workload(calib.batches),
+            acc,
+            fixed_flops=_head_flops(cfg),
+        )
+        # The unpruned schedule is the multi-exit row's; keep it only if nothing else fits.
+        schedules = schedules[1:] or schedules
+        grids = []
+        for s in schedules:
+            progress(f"keep schedule {s.rate:.3f}: every exit on the calibration split")
+            sys_ = system(s.rate)
+            outcome = compose.tier_outcomes(sys_, 0, calib.batches, len(calib.labels))
+            grids.append(compose.candidate_grid(sys_, [outcome], num=config.compose_grid))
+        lengths = outcome.lengths
+        reference_flops = float(sum(flops.classifier_flops(cfg, int(t)) for t in lengths))
+        chosen = compose.calibrate_composed(
+            grids,
+            calib.labels,
+            calib.super_logits.argmax(-1) == calib.labels,
+            reference_flops,
+            calib.target,
+        )
+        tier = chosen.config.tiers[0]
+        setting = {
+            "policy": "entropy",
+            "threshold": float(tier.exit_threshold),
+            "variant": acc.variant.value,
+            "rate": float(tier.acc_rate or 1.0),
+        }
+        known = _summary(chosen.point, setting, config.epsilon)
+    setting = known["setting"]
+    built = system(float(setting["rate"]), float(setting["threshold"]))
+    step = built.serving_step(config.eval_batch_size)
+    schedule = pruning.KeepSchedule.from_speed(float(setting["rate"]), cfg.num_layers, acc)
+    num_layers = cfg.num_layers
+    last = me.num_exits - 1
+
+    def forward(batch):
+        return step(batch_inputs(batch), valid=batch.valid)
+
+    def decode(batch, out):
+        v = batch.valid
+        t = _lengths(batch)
+        layers = np.asarray(out.layers)[v, 0]
+        kept = np.cumsum((0, *schedule.counts(t)))  # token-layer slots of the first l layers
+        return RowStats(
+            predictions=np.asarray(out.predictions)[v],
+            flops=built.example_flops(out, t)[v],
+            skipped={
+                "inputs": (np.asarray(out.exit_index)[v, 0] < last).astype(float),
+                "layers": 1.0 - layers / num_layers,
+                "tokens": 1.0 - kept[layers] / (np.maximum(layers, 1) * t),
+            },
+        )
+
+    return Method(
+        name="Composed: exits + ACC",
+        kind="composed",
+        forward=forward,
         decode=decode,
         calibration=known,
     )

@@ -179,7 +179,7 @@ def save_params(module: nnx.Module, path: Path) -> None:
     arrays = {_key(p): np.asarray(v[...]) for p, v in flat}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # pyright: ignore[reportArgumentType]
     tmp.replace(path)
 
 

@@ -152,8 +152,9 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> P
 def plot_frontier(
     rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str = ""
 ) -> Path:
-    """`frontier.png`: accuracy against measured speed-up, Super and Swift marked as the
-    reference points, a dashed line at Super's accuracy."""
+    """`frontier.png`: accuracy against measured speed-up, one marker per method (named in
+    the legend), Super and Swift as black reference stars, a dashed line at Super's
+    accuracy."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -161,30 +162,40 @@ def plot_frontier(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 5.0), dpi=120)
+    markers = "osD^vP<>Xh"
     try:
+        others = 0
         for r in rows:
             x, y = r["measured_speedup"], 100 * r["accuracy"]
+            label = f"{r['method']}: {y:.2f}%, {x:.2f}x"
             if r["method"] in REFERENCE_METHODS:
-                ax.scatter(x, y, marker="*", s=220, color="black", zorder=3)
-                label = f"{r['method']} (reference)"
+                ax.scatter(x, y, marker="*", s=260, color="black", zorder=3, label=label)
                 ax.annotate(
-                    label, (x, y), textcoords="offset points", xytext=(8, -4), weight="bold"
+                    r["method"],
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(0, 9),
+                    ha="center",
+                    weight="bold",
                 )
             else:
-                ax.scatter(x, y, s=60, zorder=3)
-                ax.annotate(
-                    r["method"], (x, y), textcoords="offset points", xytext=(8, 4), fontsize=8
-                )
+                marker = markers[others % len(markers)]
+                ax.scatter(x, y, marker=marker, s=70, zorder=3, label=label)
+                others += 1
         supers = [r for r in rows if r["method"] == "Super"]
         if supers:
             ax.axhline(100 * supers[0]["accuracy"], color="grey", lw=0.8, ls="--", zorder=1)
-        ax.set_xlabel("measured speed-up vs Super (batch 64, jit, wall-clock)")
+        ax.set_xlabel("measured speed-up vs Super (wall-clock under jit)")
         ax.set_ylabel("accuracy (%)")
-        ax.set_title(title or "accuracy vs measured speed-up")
+        ax.set_title(title or "accuracy vs measured speed-up", fontsize=10)
         ax.grid(alpha=0.3)
         xs = [r["measured_speedup"] for r in rows]
-        ax.set_xlim(0, max(xs) * 1.35 + 0.1)
+        ax.set_xlim(0, max(xs) * 1.15 + 0.1)
+        ys = [100 * r["accuracy"] for r in rows]
+        pad = max(0.5, 0.08 * (max(ys) - min(ys)))
+        ax.set_ylim(min(ys) - pad, max(ys) + 3 * pad)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
         fig.tight_layout()
         fig.savefig(path)
     finally:

@@ -103,8 +103,10 @@ def compile_cache(cache: Path):
 
 def _calibration_key(config: DemoConfig, super_: FinetunedModel, swift: FinetunedModel) -> str:
     # Everything that can change a calibration outcome: both models, and every setting but
-    # the ones that only decide how results are timed or shown.
+    # the ones that only decide how results are timed or shown, or how a step packs its
+    # buckets (an example's output never depends on its batch).
     ignore = {"preset", "cache_dir", "timing_rounds", "timing_batches", "eval_limit", "progress"}
+    ignore |= {"cascade_buckets", "exit_buckets"}
     settings = {k: v for k, v in config.to_json().items() if k not in ignore}
     return fingerprint(
         settings,
@@ -147,12 +149,17 @@ def build_methods(
     exit_key = fingerprint(
         identity, fit_keys, config.exit_train_examples, config.exit_epochs, config.exit_pooling
     )
-    built["exits"] = M.multi_exit(
+    me = M.exit_model(
         super_.model,
         data_.exit_fit,
-        calib,
         config,
         derived / f"exit_heads-{exit_key}.npz",
+        progress=lambda s: stages.note(f"multi-exit: {s}"),
+    )
+    built["exits"] = M.multi_exit(
+        me,
+        calib,
+        config,
         progress=lambda s: stages.note(f"multi-exit: {s}"),
         known=known.get("exits"),
     )
@@ -183,6 +190,13 @@ def build_methods(
         derived / f"moe-{moe_key}.npz",
         progress=lambda s: stages.note(f"MoE: {s}"),
         known=known.get("moe"),
+    )
+    built["composed"] = M.composed_exits_acc(
+        me,
+        calib,
+        config,
+        progress=lambda s: stages.note(f"composed (exits + ACC): {s}"),
+        known=known.get("composed"),
     )
     outcomes = {k: m.calibration for k, m in built.items()}
     if outcomes != known:
@@ -314,7 +328,7 @@ def _run(
     )
     echo("")
     echo(format_table(rows, title))
-    if eval_rows is not None:
+    if eval_rows is not None and data_.eval_file is not None:
         echo("")
         echo(format_table(eval_rows, f"{eval_file} ({len(data_.eval_file)} examples)"))
     seconds = time.perf_counter() - t0

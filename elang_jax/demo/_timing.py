@@ -1,9 +1,10 @@
-"""Measured speed-ups: every method against Super on the same batches, timed alternately.
+"""Measured speed-ups: every method against Super on the same batches, interleaved.
 
 Each method's forward has already run over the batches once (its evaluation pass compiled
-every batch shape), so there is no warm-up pass: the rounds time steady-state execution. See
-`elang_jax.timing.time_against_reference` for the order of the passes; the speed-up of a
-method is the median over rounds.
+every batch shape), so there is no warm-up pass: the rounds time steady-state execution.
+Every round passes over the batches once per method and once for Super, the starting method
+rotating (`elang_jax.timing.time_against_reference`); a method's speed-up is the median over
+rounds of Super's pass over its own in the same round.
 """
 
 from __future__ import annotations

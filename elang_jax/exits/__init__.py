@@ -11,7 +11,14 @@ from elang_jax.exits._calm import (
     position_threshold,
 )
 from elang_jax.exits._config import ExitPolicy, LossWeighting, MultiExitConfig, loss_weights
-from elang_jax.exits._multi_exit import ExitHead, ExitStepOutput, MultiExit, MultiExitOutput
+from elang_jax.exits._multi_exit import (
+    ExitHead,
+    ExitStepOutput,
+    MultiExit,
+    MultiExitOutput,
+    all_exit_logits,
+    exit_loop,
+)
 from elang_jax.exits._policy import (
     ExitDecisions,
     calibrate_exits,
@@ -45,10 +52,12 @@ __all__ = [
     "MultiExit",
     "MultiExitConfig",
     "MultiExitOutput",
+    "all_exit_logits",
     "calibrate_exits",
     "candidate_settings",
     "collect_features",
     "dataset_exit_logits",
+    "exit_loop",
     "exit_scores",
     "fit_exit_temperatures",
     "joint_loss",

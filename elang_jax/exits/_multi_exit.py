@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,13 @@ from jaxtyping import Array, Bool, Float, Int
 from elang_jax.core import bucket_sizes, compact_apply
 from elang_jax.exits._config import ExitPolicy, MultiExitConfig
 from elang_jax.models import BertForSequenceClassification
+from elang_jax.pruning import (
+    AccVariant,
+    KeepSchedule,
+    acc_scores,
+    gather_tokens,
+    select_tokens,
+)
 from elang_jax.routing import score
 
 
@@ -120,6 +128,7 @@ class MultiExit(nnx.Module):
         for _ in self.exit_layers[:-1]:
             head = ExitHead(mc.hidden_size, mc.num_labels, dtype=mc.dtype, rngs=rngs)
             if pooler is not None:
+                assert pooler.bias is not None and head.pooler.bias is not None
                 head.pooler.kernel.value = pooler.kernel.value
                 head.pooler.bias.value = pooler.bias.value
             heads.append(head)
@@ -194,6 +203,7 @@ class MultiExit(nnx.Module):
         h = enc.embed(input_ids, token_type_ids, rngs=rngs)
         out = enc.run_layers(h, attention_mask, output_hidden_states=True, rngs=rngs)
         pooling = self.config.pooling
+        assert out.hidden_states is not None
         # L+1 hidden states [b t d] -> feature history [b l+1 d].
         feats = jnp.stack(
             [pool_features(x, attention_mask, pooling) for x in out.hidden_states], axis=1
@@ -220,77 +230,15 @@ class MultiExit(nnx.Module):
         graphdef = nnx.graphdef(self)
         buckets = bucket_sizes(batch_size, self.config.bucket_fractions)
         policy = self.config.policy if policy is None else ExitPolicy(policy)
-        pooling = self.config.pooling
-        exits = self.exit_layers
-        n = len(exits)
 
         @jax.jit
         def run(state, inputs, valid, threshold, patience):
             me = nnx.merge(graphdef, state)
-            enc = me.model.encoder
-            temps = me.temperatures.value
-            h = enc.embed(inputs["input_ids"], inputs["token_type_ids"])
-            b = h.shape[0]
-            mask = inputs["attention_mask"]
-            feats = jnp.zeros((b, len(enc.layers) + 1, h.shape[-1]), h.dtype)
-            feats = feats.at[:, 0].set(pool_features(h, mask, pooling))
-            carry = dict(
-                h=h,
-                mask=inputs["attention_mask"],
-                feats=feats,
-                done=~valid,
-                predictions=jnp.zeros((b,), jnp.int32),
-                exit_index=jnp.zeros((b,), jnp.int32),
-                logits=jnp.zeros((b, me.model.config.num_labels), jnp.float32),
-                scores=jnp.zeros((b,), jnp.float32),
-                agree=jnp.zeros((b,), jnp.int32),
-            )
-            start = 0
-            for k, stop in enumerate(exits):
-
-                def segment(rows, row_valid, k=k, start=start, stop=stop):
-                    out = enc.run_layers(
-                        rows["h"], rows["mask"], start, stop, output_hidden_states=True
-                    )
-                    hs = out.hidden_states[1:]
-                    # stop - start layer outputs [b t d] -> their features [b s d].
-                    new = jnp.stack([pool_features(x, rows["mask"], pooling) for x in hs], 1)
-                    feats = rows["feats"].at[:, start + 1 : stop + 1].set(new)
-                    logits = me.exit_logits(k, feats, out.last_hidden_state)
-                    pred = jnp.argmax(logits, -1).astype(jnp.int32)
-                    conf = score(policy.score, logits, temps[k])
-                    agree = jnp.where((k > 0) & (pred == rows["predictions"]), rows["agree"] + 1, 0)
-                    if k == n - 1:
-                        leave = jnp.ones_like(row_valid)
-                    elif policy is ExitPolicy.PATIENCE:
-                        leave = agree >= patience
-                    else:
-                        leave = conf >= threshold
-                    return dict(
-                        h=out.last_hidden_state,
-                        mask=rows["mask"],
-                        feats=feats,
-                        done=leave,
-                        predictions=pred,
-                        exit_index=jnp.full_like(pred, k),
-                        logits=logits,
-                        scores=conf,
-                        agree=agree.astype(jnp.int32),
-                    )
-
-                carry, _ = compact_apply(segment, ~carry["done"], carry, carry, buckets)
-                start = stop
-            layers = jnp.asarray(exits, jnp.int32)[carry["exit_index"]]
-            return ExitStepOutput(
-                predictions=carry["predictions"],
-                exit_index=carry["exit_index"],
-                layers=jnp.where(valid, layers, 0),
-                logits=carry["logits"],
-                scores=carry["scores"],
-            )
+            out = exit_loop(me, inputs, valid, policy, threshold, patience, buckets)
+            return ExitStepOutput(**out)
 
         def step(
-            inputs: dict[str, Array],
+            inputs: Mapping[str, Array | np.ndarray],
             valid: Bool[Array, " b"] | None = None,
             threshold: float | None = None,
             patience: int | None = None,
@@ -326,3 +274,166 @@ class MultiExit(nnx.Module):
             )
 
         return step
+
+
+# ---------------------------------------------------------------------------------------------
+# The exit loop, shared with composed systems (`elang_jax.compose`), which also prune tokens
+
+
+def _start(me: MultiExit, inputs: dict[str, Array]) -> dict[str, Array]:
+    """Per-example state before layer 1: hidden states, mask, ACC scores, feature history."""
+    enc = me.model.encoder
+    h = enc.embed(inputs["input_ids"], inputs["token_type_ids"])
+    b, t, d = h.shape
+    mask = inputs["attention_mask"].astype(jnp.int32)
+    feats = jnp.zeros((b, len(enc.layers) + 1, d), h.dtype)
+    feats = feats.at[:, 0].set(pool_features(h, mask, me.config.pooling))
+    return dict(h=h, mask=mask, acc=jnp.zeros((b, t), jnp.float32), feats=feats)
+
+
+def _run_layers(
+    me: MultiExit,
+    rows: dict[str, Array],
+    start: int,
+    stop: int,
+    counts: tuple[int, ...],
+    schedule: KeepSchedule | None,
+) -> dict[str, Array]:
+    """Layers [start, stop) on `rows` (h [b n d], mask [b n], acc [b n], feats [b l1 d]).
+
+    With a keep schedule, a layer whose count is below the tokens at hand first keeps the
+    best-scored columns (ACC), and a layer whose successor keeps fewer tokens scores its
+    tokens from its attention probabilities. `counts` are static, so shapes are too.
+    """
+    enc = me.model.encoder
+    pooling = me.config.pooling
+    h, mask, acc, feats = rows["h"], rows["mask"], rows["acc"], rows["feats"]
+    for i in range(start, stop):
+        n = counts[i]
+        if n < h.shape[1]:
+            assert schedule is not None
+            cfg = schedule.config
+            columns = select_tokens(
+                acc, n, mask, keep_first=cfg.keep_first, keep_last=cfg.keep_last
+            )
+            h, mask = gather_tokens((h, mask), columns)
+        selects_next = i + 1 < len(counts) and counts[i + 1] < n
+        values = None
+        by_value = schedule is not None and schedule.config.variant is AccVariant.VALUE_NORM
+        if selects_next and by_value:
+            attention = enc.layers[i].attention
+            values = attention._split(attention.value(h))
+        out = enc.run_layers(h, mask, i, i + 1, output_attentions=selects_next)
+        h = out.last_hidden_state
+        if selects_next:
+            assert out.attentions is not None
+            acc = acc_scores(out.attentions[0], mask, values=values)
+        else:
+            acc = jnp.zeros(h.shape[:2], jnp.float32)
+        feats = feats.at[:, i + 1].set(pool_features(h, mask, pooling))
+    return dict(h=h, mask=mask, acc=acc, feats=feats)
+
+
+def _counts(me: MultiExit, t: int, schedule: KeepSchedule | None) -> tuple[int, ...]:
+    num_layers = len(me.model.encoder.layers)
+    if schedule is None:
+        return (t,) * num_layers
+    if schedule.num_layers != num_layers:
+        raise ValueError(
+            f"the schedule is for {schedule.num_layers} layers, the model has {num_layers}"
+        )
+    if schedule.config.keep_first < 1:
+        raise ValueError("a classifier reads token 0: use an AccConfig with keep_first >= 1")
+    return schedule.counts(t)
+
+
+def all_exit_logits(
+    me: MultiExit, inputs: dict[str, Array], schedule: KeepSchedule | None = None
+) -> Float[Array, "e b c"]:
+    """Every exit's logits when no example leaves (traced), optionally under ACC pruning:
+    the offline input of exit calibration for a pruned multi-exit model."""
+    rows = _start(me, inputs)
+    counts = _counts(me, rows["h"].shape[1], schedule)
+    logits, start = [], 0
+    for k, stop in enumerate(me.exit_layers):
+        rows = _run_layers(me, rows, start, stop, counts, schedule)
+        logits.append(me.exit_logits(k, rows["feats"], rows["h"]))
+        start = stop
+    return jnp.stack(logits)
+
+
+def exit_loop(
+    me: MultiExit,
+    inputs: dict[str, Array],
+    valid: Bool[Array, " b"],
+    policy: ExitPolicy,
+    threshold: Float[Array, ""],
+    patience: Int[Array, ""],
+    buckets: tuple[int, ...],
+    schedule: KeepSchedule | None = None,
+) -> dict[str, Array]:
+    """The batched early-exit computation (traced; see `MultiExit.exit_step`), optionally
+    pruning tokens with ACC between layers.
+
+    After each exit the examples still running are packed into the smallest of `buckets`
+    (sizes for this batch) that holds them. Returns the fields of `ExitStepOutput`.
+    """
+    temps = me.temperatures.value
+    rows = _start(me, inputs)
+    b, t, d = rows["h"].shape
+    counts = _counts(me, t, schedule)
+    exits = me.exit_layers
+    last = len(exits) - 1
+    carry = dict(
+        **rows,
+        done=~valid,
+        predictions=jnp.zeros((b,), jnp.int32),
+        exit_index=jnp.zeros((b,), jnp.int32),
+        logits=jnp.zeros((b, me.model.config.num_labels), jnp.float32),
+        scores=jnp.zeros((b,), jnp.float32),
+        agree=jnp.zeros((b,), jnp.int32),
+    )
+    start = 0
+    for k, stop in enumerate(exits):
+
+        def segment(rows, row_valid, k=k, start=start, stop=stop):
+            state = _run_layers(me, rows, start, stop, counts, schedule)
+            logits = me.exit_logits(k, state["feats"], state["h"])
+            pred = jnp.argmax(logits, -1).astype(jnp.int32)
+            conf = score(policy.score, logits, temps[k])
+            agree = jnp.where((k > 0) & (pred == rows["predictions"]), rows["agree"] + 1, 0)
+            if k == last:
+                leave = jnp.ones_like(row_valid)
+            elif policy is ExitPolicy.PATIENCE:
+                leave = agree >= patience
+            else:
+                leave = conf >= threshold
+            return dict(
+                **state,
+                done=leave,
+                predictions=pred,
+                exit_index=jnp.full_like(pred, k),
+                logits=logits,
+                scores=conf,
+                agree=agree.astype(jnp.int32),
+            )
+
+        # Rows that already left keep their answers; their hidden states are dropped (zeros
+        # of the shapes this segment leaves behind, which pruning may have narrowed).
+        n = counts[stop - 1]
+        default = dict(
+            carry,
+            h=jnp.zeros((b, n, d), carry["h"].dtype),
+            mask=jnp.zeros((b, n), jnp.int32),
+            acc=jnp.zeros((b, n), jnp.float32),
+        )
+        carry, _ = compact_apply(segment, ~carry["done"], carry, default, buckets)
+        start = stop
+    layers = jnp.asarray(exits, jnp.int32)[carry["exit_index"]]
+    return dict(
+        predictions=carry["predictions"],
+        exit_index=carry["exit_index"],
+        layers=jnp.where(valid, layers, 0),
+        logits=carry["logits"],
+        scores=carry["scores"],
+    )

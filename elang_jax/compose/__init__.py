@@ -1,0 +1,40 @@
+"""Composed systems: cascade tiers, early exit, MoE FFNs and ACC token pruning through one
+configuration, run as one jitted step.
+
+Typical use (a MoEfied, token-pruned Super model that exits early, behind an E-LANG router
+whose Swift model exits early)::
+
+    from elang_jax import compose
+
+    config = compose.ComposedConfig.elang_full(
+        threshold=1.0, swift_exit_threshold=-0.2, super_exit_threshold=-0.4,
+        acc_rate=0.8, moe_top_k=2,
+    )
+    system = compose.ComposedClassifier([swift_multi_exit, super_multi_exit], config)
+    out = system.serving_step(64)(inputs, valid=valid)
+    out.predictions, out.tier, out.layers
+"""
+
+from elang_jax.compose._calibrate import (
+    CandidateGrid,
+    ComposedPoint,
+    TierOutcomes,
+    calibrate_composed,
+    candidate_grid,
+    tier_outcomes,
+)
+from elang_jax.compose._config import ComposedConfig, ComposedTierConfig
+from elang_jax.compose._system import ComposedClassifier, ComposedOutput
+
+__all__ = [
+    "CandidateGrid",
+    "TierOutcomes",
+    "candidate_grid",
+    "ComposedClassifier",
+    "ComposedConfig",
+    "ComposedOutput",
+    "ComposedPoint",
+    "ComposedTierConfig",
+    "calibrate_composed",
+    "tier_outcomes",
+]

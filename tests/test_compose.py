@@ -1,0 +1,278 @@
+"""Composed systems: each method alone reduces to its own implementation, all four together
+keep every example independent of its batch, the offline replay matches the compiled step,
+and bad configurations fail with clear messages."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from elang_jax import data
+from elang_jax.calibration import CalibrationTarget
+from elang_jax.compose import (
+    ComposedClassifier,
+    ComposedConfig,
+    ComposedTierConfig,
+    calibrate_composed,
+    candidate_grid,
+    tier_outcomes,
+)
+from elang_jax.exits import MultiExit, MultiExitConfig
+from elang_jax.models import BertConfig, BertForSequenceClassification
+from elang_jax.moe import MoEConfig, MoEFeedForward, MoEImpl, RouterKind, ffn_sites
+from elang_jax.pruning import AccConfig, KeepSchedule, acc_classify
+from elang_jax.testing import assert_close
+
+B, T, POOL = 8, 12, 40
+
+
+def _classifier(layers: int, seed: int) -> BertForSequenceClassification:
+    cfg = BertConfig.tiny(num_layers=layers, num_labels=3, hidden_dropout=0.0, intermediate_size=48)
+    return BertForSequenceClassification(cfg, rngs=nnx.Rngs(seed))
+
+
+def _multi_exit(model, seed: int) -> MultiExit:
+    return MultiExit(model, MultiExitConfig.tiny(pooling="mean"), rngs=nnx.Rngs(seed))
+
+
+def _moefied(model) -> BertForSequenceClassification:
+    model = nnx.clone(model)
+    config = MoEConfig.tiny(impl=MoEImpl.CAPACITY, router=RouterKind.CENTROID)
+    for site in ffn_sites(model):
+        site.ffn = MoEFeedForward.from_dense(site.ffn, config, rngs=nnx.Rngs(0))
+    return model
+
+
+@pytest.fixture(scope="module")
+def pool():
+    rng = np.random.RandomState(0)
+    ids = rng.randint(1, 99, size=(POOL, T)).astype(np.int32)
+    mask = np.ones_like(ids)
+    for i, n in enumerate(rng.randint(3, T + 1, size=POOL)):
+        mask[i, n:] = 0
+        ids[i, n:] = 0
+    labels = rng.randint(0, 3, size=POOL).astype(np.int32)
+    return ids, mask, labels
+
+
+@pytest.fixture(scope="module")
+def full_system():
+    """Every method at once: an E-LANG router whose Swift model exits early, in front of a
+    MoEfied, token-pruned Super model that exits early."""
+    swift = _multi_exit(_classifier(2, 1), 2)
+    super_ = _multi_exit(_moefied(_classifier(4, 3)), 4)
+    config = ComposedConfig.elang_full(
+        threshold=-0.9,
+        swift_exit_threshold=-0.9,
+        super_exit_threshold=-0.95,
+        acc_rate=0.6,
+        moe_top_k=2,
+        cascade_bucket_fractions=(0.0, 0.25, 0.5, 1.0),
+        exit_bucket_fractions=(0.0, 0.5, 1.0),
+    )
+    return ComposedClassifier([swift, super_], config)
+
+
+def _inputs(ids, mask):
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
+
+
+def _batches(pool) -> list[data.Batch]:
+    ids, mask, labels = pool
+    lengths = mask.sum(-1).astype(np.int32)
+    encoded = data.Encoded(
+        input_ids=[ids[i, :n] for i, n in enumerate(lengths)],
+        token_type_ids=[np.zeros(n, np.int32) for n in lengths],
+        lengths=lengths,
+        labels=labels,
+        max_length=T,
+    )
+    return list(data.iterate_batches(encoded, B, data.LengthBuckets((T,)), shuffle=False))
+
+
+def _batch(pool, rows):
+    ids, mask, _ = pool
+    return _inputs(ids[rows], mask[rows])
+
+
+# ---------------------------------------------------------------------------- reductions
+def test_plain_tier_is_the_model(pool):
+    model = _classifier(3, 0)
+    system = ComposedClassifier([model], ComposedConfig(tiers=(ComposedTierConfig(name="m"),)))
+    inputs = _batch(pool, np.arange(B))
+    out = system.serving_step(B)(inputs)
+    want = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]).logits
+    assert_close(out.logits, want)
+    assert (np.asarray(out.layers)[:, 0] == 3).all()
+    assert (np.asarray(out.exit_index)[:, 0] == 0).all()
+
+
+def test_pruned_tier_is_acc_classify(pool):
+    model = _classifier(3, 0)
+    tier = ComposedTierConfig(name="m", acc_rate=0.5)
+    system = ComposedClassifier([model], ComposedConfig(tiers=(tier,)))
+    inputs = _batch(pool, np.arange(B))
+    out = system.serving_step(B)(inputs)
+    schedule = KeepSchedule.from_speed(0.5, 3, AccConfig.bert())
+    want = acc_classify(
+        model, inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], schedule
+    ).logits
+    assert_close(out.logits, want)
+
+
+@pytest.mark.parametrize("threshold", [math.inf, -0.9, -math.inf])
+def test_exit_tier_without_pruning_is_the_exit_step(pool, threshold):
+    me = _multi_exit(_classifier(3, 0), 1)
+    tier = ComposedTierConfig(name="m", exit_policy="entropy", exit_threshold=threshold)
+    system = ComposedClassifier(
+        [me], ComposedConfig(tiers=(tier,), exit_bucket_fractions=me.config.bucket_fractions)
+    )
+    inputs = _batch(pool, np.arange(B))
+    valid = np.arange(B) < B - 1
+    out = system.serving_step(B)(inputs, valid=valid)
+    want = me.exit_step(B)(inputs, valid=valid, threshold=threshold)
+    np.testing.assert_array_equal(
+        np.asarray(out.exit_index)[valid, 0], np.asarray(want.exit_index)[valid]
+    )
+    np.testing.assert_array_equal(np.asarray(out.layers)[:, 0], np.asarray(want.layers))
+    assert_close(np.asarray(out.logits)[valid], np.asarray(want.logits)[valid])
+
+
+def test_pruned_exits_match_the_all_exit_pass(pool):
+    """With +inf every example leaves at the last exit; with -inf at the first: the step's
+    logits are then the offline pass's last and first exits."""
+    me = _multi_exit(_classifier(3, 0), 1)
+    system = ComposedClassifier([me], ComposedConfig.exits_acc(math.inf, 0.5))
+    inputs = _batch(pool, np.arange(B))
+    every = np.asarray(system.exit_logits(0, inputs))
+    step = system.serving_step(B)
+    assert_close(step(inputs).logits, every[-1])
+    early = step(inputs, exit_thresholds=[-math.inf])
+    assert_close(early.logits, every[0])
+    assert (np.asarray(early.layers)[:, 0] == me.exit_layers[0]).all()
+    # The pruned last exit is ACC's pruned model.
+    schedule = KeepSchedule.from_speed(0.5, 3, AccConfig.bert())
+    want = acc_classify(
+        me.model, inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"], schedule
+    ).logits
+    assert_close(every[-1], want)
+
+
+# ---------------------------------------------------------------------------- all four
+def test_every_method_runs_and_escalates(full_system, pool):
+    out = full_system.serving_step(B)(_batch(pool, np.arange(B)))
+    tier = np.asarray(out.tier)
+    layers = np.asarray(out.layers)
+    assert set(np.unique(tier)) <= {0, 1}
+    # Escalated examples ran Swift and Super; the others Swift only.
+    assert (layers[tier == 0, 1] == 0).all() and (layers[tier == 1, 1] > 0).all()
+    assert np.isnan(np.asarray(out.scores)[tier == 0, 1]).all()
+    assert full_system.config.label == "swift[exits] -> super[moe+acc+exits]"
+
+
+def test_batch_invariance_of_the_composed_step(full_system, pool):
+    """An example's answer, tier, exits and logits do not depend on its batch neighbours."""
+    step = full_system.serving_step(B)
+    rng = np.random.RandomState(1)
+    first = np.arange(B)
+    base = step(_batch(pool, first))
+    for _ in range(3):
+        rows = rng.choice(POOL, size=B, replace=False)
+        rows[rng.randint(B)] = 0  # example 0 somewhere among other neighbours
+        out = step(_batch(pool, rows))
+        j = int(np.flatnonzero(rows == 0)[0])
+        assert int(out.tier[j]) == int(base.tier[0])
+        np.testing.assert_array_equal(np.asarray(out.exit_index)[j], np.asarray(base.exit_index)[0])
+        np.testing.assert_array_equal(np.asarray(out.layers)[j], np.asarray(base.layers)[0])
+        assert_close(np.asarray(out.logits)[j], np.asarray(base.logits)[0])
+
+
+def test_alone_equals_in_a_batch(full_system, pool):
+    """Example 3 alone (the other rows marked padding) gets what it gets in a full batch."""
+    step = full_system.serving_step(B)
+    rows = np.arange(B)
+    full = step(_batch(pool, rows))
+    alone = step(_batch(pool, rows), valid=rows == 3)
+    assert int(alone.tier[3]) == int(full.tier[3])
+    assert_close(np.asarray(alone.logits)[3], np.asarray(full.logits)[3])
+    assert (np.asarray(alone.layers)[rows != 3] == 0).all()
+
+
+def test_offline_replay_matches_the_step(full_system, pool):
+    batches = _batches(pool)
+    outcomes = [tier_outcomes(full_system, k, batches, POOL) for k in range(2)]
+    grid = candidate_grid(full_system, outcomes, num=4)
+    assert len(grid.configs) == len(grid.flops) == grid.predictions.shape[0]
+    rng = np.random.RandomState(0)
+    for i in rng.choice(len(grid.configs), size=4, replace=False):
+        config = grid.configs[i]
+        step = full_system.serving_step(B)
+        th = [t.threshold for t in config.tiers[:-1]]
+        eth = [t.exit_threshold for t in config.tiers]
+        preds, cost = np.zeros(POOL, int), 0.0
+        for b in batches:
+            out = step(_inputs(b.input_ids, b.attention_mask), b.valid, th, eth)
+            preds[b.index[b.valid]] = np.asarray(out.predictions)[b.valid]
+            cost += full_system.example_flops(out, T)[b.valid].sum()
+        np.testing.assert_array_equal(preds, grid.predictions[i])
+        assert cost == pytest.approx(grid.flops[i])
+
+
+def test_calibration_meets_the_target(full_system, pool):
+    labels = pool[2]
+    batches = _batches(pool)
+    outcomes = [tier_outcomes(full_system, k, batches, POOL) for k in range(2)]
+    grid = candidate_grid(full_system, outcomes, num=4)
+    reference = outcomes[1].logits[-1].argmax(-1) == labels
+    ref_flops = 3.0 * float(grid.flops.max())
+    chosen = calibrate_composed(
+        [grid], labels, reference, ref_flops, CalibrationTarget(epsilon=0.0)
+    )
+    assert chosen.point.accuracy >= reference.mean() - 1e-12
+    i = chosen.point.index
+    assert chosen.point.cost == pytest.approx(grid.flops[i] / ref_flops)
+    # Nothing meeting the target is cheaper.
+    ok = (grid.predictions == labels).mean(-1) >= reference.mean() - 1e-12
+    assert chosen.point.cost <= (grid.flops[ok] / ref_flops).min() + 1e-12
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_bad_configs_are_named():
+    with pytest.raises(ValueError, match="acc_rate"):
+        ComposedTierConfig(name="a", acc_rate=1.5)
+    with pytest.raises(ValueError, match="threshold is NaN"):
+        ComposedTierConfig(name="a", threshold=float("nan"))
+    with pytest.raises(ValueError, match="exit_policy"):
+        ComposedTierConfig(name="a", exit_policy="sometimes")
+    with pytest.raises(ValueError, match="moe_top_k"):
+        ComposedTierConfig(name="a", moe_top_k=0)
+    with pytest.raises(ValueError, match="distinct"):
+        ComposedConfig(tiers=(ComposedTierConfig(name="a"), ComposedTierConfig(name="a")))
+    with pytest.raises(ValueError, match="at least one tier"):
+        ComposedConfig(tiers=())
+
+
+def test_modules_must_fit_the_config(pool):
+    model = _classifier(2, 0)
+    with pytest.raises(ValueError, match="must be a MultiExit"):
+        ComposedClassifier([model], ComposedConfig.exits_acc(0.0, 0.5))
+    with pytest.raises(ValueError, match="dense FFNs"):
+        ComposedClassifier(
+            [model], ComposedConfig(tiers=(ComposedTierConfig(name="m", moe_top_k=2),))
+        )
+    with pytest.raises(ValueError, match="2 tiers configured"):
+        ComposedClassifier([model], ComposedConfig.tiny())
+    system = ComposedClassifier([model], ComposedConfig(tiers=(ComposedTierConfig(name="m"),)))
+    step = system.serving_step(B)
+    with pytest.raises(ValueError, match="shape"):
+        step(_batch(pool, np.arange(B - 1)))
+    with pytest.raises(ValueError, match="exit_thresholds"):
+        step(_batch(pool, np.arange(B)), exit_thresholds=[float("nan")])
+    bad = _batch(pool, np.arange(B))
+    bad["input_ids"] = bad["input_ids"].copy()
+    bad["input_ids"][0, 0] = 10_000
+    with pytest.raises(ValueError, match="vocab"):
+        step(bad)
