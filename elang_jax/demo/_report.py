@@ -18,7 +18,7 @@ REFERENCE_METHODS = ("Super", "Swift")
 SKIP_LEGEND = {
     "inputs": "inputs that never reached Super / its last layer",
     "layers": "layer computations skipped",
-    "tokens": "token-layer slots dropped (of the padded length)",
+    "tokens": "token-layer slots dropped (of the padded length, in the layers run)",
     "experts": "FFN experts not run per token",
 }
 
