@@ -1,11 +1,14 @@
-"""Compiled classifier forwards and their wall-clock on the same padded batches.
+"""Wall-clock timing of compiled work, side by side: compiled classifier forwards over padded
+batches (`time_against_reference`, the demo) and zero-argument calls (`time_interleaved`,
+`elang-jax bench`); eval/ scripts use the older pair helpers (`time_pair`, `time_total`).
 
-Shared by the benchmarks in eval/, `elang-jax bench` and `elang-jax demo`. A speed-up is only
-meaningful when both sides run the same work in the same process, compiled beforehand; on a
-shared machine the sides must also be timed alternately, so that a slow spell hits both
-alike. Two protocols: passes over padded batches against a reference
-(`time_against_reference`, the demo) and zero-argument calls side by side
-(`time_interleaved`, the bench suite).
+A ratio of two timings means something only when both sides ran in the same process,
+compiled beforehand, and close together in time: on a shared machine a slow spell then hits
+every candidate alike. So each candidate runs once to compile and warm up, then every round
+runs each candidate once, the starting candidate rotating from round to round so that none
+always runs first (or right after the same neighbour). Every call is followed by
+`jax.block_until_ready`: JAX dispatches asynchronously, and a call that returns before its
+result is computed would time the dispatch only.
 
 Shape vocabulary: b batch rows, t padded length, c classes.
 """
@@ -169,16 +172,6 @@ def reference_passes(num_candidates: int, rounds: int, compiled: bool = False) -
 
 # ----------------------------------------------------------------------------------------------
 # Zero-argument calls, side by side
-#
-# Interleaved wall-clock timing of zero-argument calls.
-#
-# A ratio of two timings means something only when both sides ran in the same process,
-# compiled beforehand, and close together in time: on a shared machine a slow spell then hits
-# every candidate alike. So each candidate is called once to compile and warm up, then every
-# round calls each candidate once, the starting candidate rotating from round to round so
-# that none always runs first (or right after the same neighbour). Every call is followed by
-# `jax.block_until_ready`: JAX dispatches asynchronously, and a call that returns before its
-# result is computed would time the dispatch only.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,12 +112,12 @@ class DemoConfig:
     eval_batch_size: int = 64
     eval_limit: int | None = None
     timing_rounds: int = 3
-    timing_batches: int | None = 4
-    cascade_buckets: int = 8
+    timing_batches: int | None = 3
+    cascade_buckets: int = 4
     exit_train_examples: int = 8000
     exit_epochs: float = 4.0
     exit_pooling: str = "mean"
-    exit_buckets: int = 8
+    exit_buckets: int = 4
     acc_variant: AccVariant = AccVariant.ATTENTION
     acc_targets: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.5)
     compose_acc_targets: tuple[float, ...] = (1.25, 1.5, 1.75)

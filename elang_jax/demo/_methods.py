@@ -537,11 +537,13 @@ def composed_exits_acc(
     config: DemoConfig,
     progress: Callable[[str], None] = lambda _: None,
     known: dict[str, Any] | None = None,
+    tick: Callable[[int], Any] | None = None,
 ) -> Method:
     """Super exiting early and pruning tokens at once (`elang_jax.compose`): the exit
     threshold and the keep schedule calibrated jointly. Each candidate schedule (one per
     `compose_acc_targets`, as ACC's) costs one pass over the calibration split with every
-    exit's logits; the thresholds are then replayed offline."""
+    exit's logits (`tick` is called with 1 after each batch); the thresholds are then
+    replayed offline."""
     super_ = me.model
     cfg = super_.config
     n = config.exit_buckets
@@ -575,7 +577,7 @@ def composed_exits_acc(
         for s in schedules:
             progress(f"keep schedule {s.rate:.3f}: every exit on the calibration split")
             sys_ = system(s.rate)
-            outcome = compose.tier_outcomes(sys_, 0, calib.batches, len(calib.labels))
+            outcome = compose.tier_outcomes(sys_, 0, calib.batches, len(calib.labels), tick)
             grids.append(compose.candidate_grid(sys_, [outcome], num=config.compose_grid))
         lengths = outcome.lengths
         reference_flops = float(sum(flops.classifier_flops(cfg, int(t)) for t in lengths))

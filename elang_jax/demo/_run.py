@@ -191,13 +191,20 @@ def build_methods(
         progress=lambda s: stages.note(f"MoE: {s}"),
         known=known.get("moe"),
     )
-    built["composed"] = M.composed_exits_acc(
-        me,
-        calib,
-        config,
-        progress=lambda s: stages.note(f"composed (exits + ACC): {s}"),
-        known=known.get("composed"),
-    )
+    # One pass over the calibration split per candidate schedule, when not cached.
+    passes = 0 if known.get("composed") else len(config.compose_acc_targets)
+    bar = stages.bar(passes * len(calib.batches) if passes else 0, "composed")
+    try:
+        built["composed"] = M.composed_exits_acc(
+            me,
+            calib,
+            config,
+            progress=lambda s: stages.note(f"composed (exits + ACC): {s}"),
+            known=known.get("composed"),
+            tick=bar.update,
+        )
+    finally:
+        bar.close()
     outcomes = {k: m.calibration for k, m in built.items()}
     if outcomes != known:
         derived.mkdir(parents=True, exist_ok=True)
@@ -220,13 +227,19 @@ def report_rows(
     metrics = data.GLUE_TASKS[config.task].metrics
     batches = M.make_batches(encoded, config)
     bar = stages.bar(len(methods) * len(batches), "evaluating")
+    t0 = time.perf_counter()
     try:
         evals = {m.name: M.evaluate(m, batches, len(encoded), bar.update) for m in methods}
     finally:
         bar.close()
+    t1 = time.perf_counter()
     super_method = methods[0]
     timed = timing_subset(batches, config.timing_batches)
     timings = measure(super_method, methods, timed, config.timing_rounds, stages.bar)
+    stages.note(
+        f"evaluated {len(batches)} batches ({t1 - t0:.0f} s, compiling included), "
+        f"timed {len(timed)} of them ({time.perf_counter() - t1:.0f} s)"
+    )
     rows = []
     for m in methods:
         ev = evals[m.name]

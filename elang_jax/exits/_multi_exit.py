@@ -5,6 +5,10 @@ examples still running are packed into the smallest static bucket that holds the
 (`compact_apply`), so the next segment costs only what those examples need; an empty bucket
 skips the rest of the stack. Each example carries its own state (hidden states, [CLS]
 history, PABEE counter), so its prediction and exit never depend on its batch neighbours.
+
+The step's computation is `exit_loop`; given an ACC keep schedule it also drops tokens
+between layers (each example keeps its own columns, a static number per layer), which is
+how `elang_jax.compose` runs a model that exits early and prunes tokens at once.
 """
 
 from __future__ import annotations
