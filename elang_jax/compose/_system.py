@@ -22,7 +22,6 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 from elang_jax import flops
 from elang_jax.compose._config import ComposedConfig
 from elang_jax.compose._tier import (
-    check_inputs,
     classifier_of,
     schedule_of,
     tier_exit_logits,
@@ -30,6 +29,7 @@ from elang_jax.compose._tier import (
 )
 from elang_jax.core import bucket_sizes, compact_apply
 from elang_jax.exits import MultiExit
+from elang_jax.models import step_inputs
 from elang_jax.moe import MoEFeedForward, ffn_sites
 from elang_jax.routing import score
 
@@ -141,6 +141,7 @@ class ComposedClassifier:
         n = self.num_tiers
         buckets = bucket_sizes(batch_size, cfg.cascade_bucket_fractions)
         tiers = cfg.tiers
+        encoders = [classifier_of(m).encoder for m in self.modules]
 
         def run_tier(k, modules, inputs, valid, exit_thresholds):
             out = tier_forward(
@@ -199,9 +200,7 @@ class ComposedClassifier:
             thresholds: Sequence[float] | None = None,
             exit_thresholds: Sequence[float] | None = None,
         ) -> ComposedOutput:
-            full = _full_inputs(inputs, batch_size)
-            for module in self.modules:
-                check_inputs(module, full)
+            full = step_inputs(inputs, batch_size, encoders)
             th = _thresholds("thresholds", thresholds, [t.threshold for t in tiers[:-1]], n - 1)
             th = np.concatenate([th, [np.inf]]).astype(np.float32)
             eth = _thresholds(
@@ -223,8 +222,7 @@ class ComposedClassifier:
         exits returns its logits as one exit."""
         if k not in self._offline:
             self._offline[k] = self._build_offline(k)
-        full = _full_inputs(inputs, None)
-        check_inputs(self.modules[k], full)
+        full = step_inputs(inputs, None, [classifier_of(self.modules[k]).encoder])
         return self._offline[k](nnx.state(self.modules[k]), full)
 
     def _build_offline(self, k: int):
@@ -281,18 +279,6 @@ class ComposedClassifier:
                     cache[key] = self.tier_flops(k, length, *key[1:])
                 cost[i] += cache[key]
         return cost
-
-
-def _full_inputs(inputs: Mapping[str, ArrayLike], batch_size: int | None) -> dict[str, Array]:
-    ids = jnp.asarray(inputs["input_ids"])
-    if ids.ndim != 2 or (batch_size is not None and ids.shape[0] != batch_size):
-        want = f"[{batch_size}, t]" if batch_size is not None else "[b, t]"
-        raise ValueError(f"input_ids must have shape {want} for this step, got {ids.shape}")
-    return dict(
-        input_ids=jnp.asarray(ids, jnp.int32),
-        attention_mask=jnp.asarray(inputs.get("attention_mask", jnp.ones_like(ids)), jnp.int32),
-        token_type_ids=jnp.asarray(inputs.get("token_type_ids", jnp.zeros_like(ids)), jnp.int32),
-    )
 
 
 def _thresholds(name: str, given, default, n: int) -> np.ndarray:

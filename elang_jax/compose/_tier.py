@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float
 
 from elang_jax.compose._config import ComposedTierConfig
 from elang_jax.core import bucket_sizes
@@ -94,9 +94,3 @@ def tier_exit_logits(
     b = inputs["input_ids"].shape[0]
     out = tier_forward(module, tier, inputs, jnp.ones((b,), bool), jnp.float32(jnp.inf), (1.0,))
     return out["logits"][None]
-
-
-def check_inputs(module: nnx.Module, inputs: dict[str, Int[Array, "b t"]]) -> None:
-    classifier_of(module).encoder.check_inputs(
-        inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
-    )

@@ -9,7 +9,6 @@ learning rate: Super reaches 86.6% (measured numbers in `DemoConfig.full`).
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from elang_jax.data import GLUE_TASKS, HoldoutKind
 from elang_jax.models import BertConfig
 from elang_jax.pruning import AccVariant
+from elang_jax.training import config_json
 
 # The tasks the demo supports: GLUE tasks whose training split ships with the package.
 TASKS = ("sst2", "mrpc", "rte")
@@ -235,17 +235,7 @@ class DemoConfig:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable description."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, BertConfig):
-                value = {k: str(v) for k, v in dataclasses.asdict(value).items()}
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, enum.Enum):
-                value = value.value
-            out[f.name] = value
-        return out
+        return config_json(self)
 
     # Presets ---------------------------------------------------------------------------------
 

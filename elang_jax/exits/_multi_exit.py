@@ -25,7 +25,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from elang_jax.core import bucket_sizes, compact_apply
 from elang_jax.exits._config import ExitPolicy, MultiExitConfig
-from elang_jax.models import BertForSequenceClassification
+from elang_jax.models import BertForSequenceClassification, step_inputs
 from elang_jax.pruning import (
     AccVariant,
     KeepSchedule,
@@ -247,29 +247,13 @@ class MultiExit(nnx.Module):
             threshold: float | None = None,
             patience: int | None = None,
         ) -> ExitStepOutput:
-            ids = inputs["input_ids"]
-            if ids.ndim != 2 or ids.shape[0] != batch_size:
-                raise ValueError(
-                    f"input_ids must have shape [{batch_size}, t] for this step, got {ids.shape}"
-                )
-            self.model.encoder.check_inputs(
-                ids, inputs.get("attention_mask"), inputs.get("token_type_ids")
-            )
+            full = step_inputs(inputs, batch_size, [self.model.encoder])
             thr = self.config.threshold if threshold is None else float(threshold)
             if math.isnan(thr):
                 raise ValueError("threshold is NaN")
             pat = self.config.patience if patience is None else int(patience)
             if pat < 1:
                 raise ValueError(f"patience must be >= 1, got {pat}")
-            full = dict(
-                input_ids=jnp.asarray(ids, jnp.int32),
-                attention_mask=jnp.asarray(
-                    inputs.get("attention_mask", jnp.ones_like(ids)), jnp.int32
-                ),
-                token_type_ids=jnp.asarray(
-                    inputs.get("token_type_ids", jnp.zeros_like(ids)), jnp.int32
-                ),
-            )
             v = jnp.ones((batch_size,), bool) if valid is None else jnp.asarray(valid, bool)
             if v.shape != (batch_size,):
                 raise ValueError(f"valid must have shape [{batch_size}], got {v.shape}")

@@ -9,6 +9,7 @@ from elang_jax.models._bert import (
     BertModel,
     PositionStyle,
     num_parameters,
+    step_inputs,
 )
 from elang_jax.models._common import (
     Activation,
@@ -68,4 +69,5 @@ __all__ = [
     "PositionStyle",
     "dot_product_attention",
     "num_parameters",
+    "step_inputs",
 ]

@@ -14,12 +14,13 @@ import dataclasses
 import enum
 import functools
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax.models._common import (
     FeedForward,
@@ -418,3 +419,35 @@ class BertForMaskedLM(nnx.Module):
 
 def num_parameters(model: nnx.Module) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def step_inputs(
+    inputs: Mapping[str, ArrayLike],
+    batch_size: int | None = None,
+    encoders: Sequence[BertModel] = (),
+) -> dict[str, Int[Array, "b t"]]:
+    """The three [b t] int32 inputs of a BERT-family forward from a dict holding at least
+    input_ids (attention_mask defaults to all ones, token_type_ids to zeros), as the
+    compiled steps take them.
+
+    Args:
+      inputs: input_ids [b t] and optionally attention_mask, token_type_ids.
+      batch_size: the rows the step was built for, checked when given.
+      encoders: whose `check_inputs` the inputs must pass, as given (dtypes, ranges),
+        before they are cast to int32.
+    """
+    ids = jnp.asarray(inputs["input_ids"])
+    if ids.ndim != 2 or (batch_size is not None and ids.shape[0] != batch_size):
+        want = f"[{batch_size}, t]" if batch_size is not None else "[b, t]"
+        raise ValueError(f"input_ids must have shape {want} for this step, got {ids.shape}")
+    for encoder in encoders:
+        encoder.check_inputs(  # as given: numpy or jax arrays
+            inputs["input_ids"],  # pyright: ignore[reportArgumentType]
+            inputs.get("attention_mask"),  # pyright: ignore[reportArgumentType]
+            inputs.get("token_type_ids"),  # pyright: ignore[reportArgumentType]
+        )
+    return dict(
+        input_ids=ids.astype(jnp.int32),
+        attention_mask=jnp.asarray(inputs.get("attention_mask", jnp.ones_like(ids)), jnp.int32),
+        token_type_ids=jnp.asarray(inputs.get("token_type_ids", jnp.zeros_like(ids)), jnp.int32),
+    )

@@ -9,7 +9,13 @@ Typical use::
 """
 
 # Configuration and presets.
-from elang_jax.training._config import FinetuneConfig, Schedule, sst2_minilm, tiny
+from elang_jax.training._config import (
+    FinetuneConfig,
+    Schedule,
+    config_json,
+    sst2_minilm,
+    tiny,
+)
 
 # CascadeBERT difficulty labels.
 from elang_jax.training._difficulty import (
@@ -35,6 +41,7 @@ __all__ = [
     # Configuration
     "FinetuneConfig",
     "Schedule",
+    "config_json",
     "sst2_minilm",
     "tiny",
     # Difficulty labels

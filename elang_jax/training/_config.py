@@ -11,6 +11,22 @@ from elang_jax.data._splits import HoldoutKind
 from elang_jax.models import BertConfig
 
 
+def config_json(config: Any) -> dict[str, Any]:
+    """A config dataclass's fields, JSON-serialisable: a nested `BertConfig` as a dict of its
+    fields (as strings), tuples as lists, enums as their values."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, BertConfig):
+            value = {k: str(v) for k, v in dataclasses.asdict(value).items()}
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, enum.Enum):
+            value = value.value
+        out[f.name] = value
+    return out
+
+
 class Schedule(enum.StrEnum):
     """Learning-rate decay after the linear warmup."""
 
@@ -211,17 +227,7 @@ class FinetuneConfig:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-serialisable description (the model config as a dict of its fields)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, BertConfig):
-                value = {k: str(v) for k, v in dataclasses.asdict(value).items()}
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, enum.Enum):
-                value = value.value
-            out[f.name] = value
-        return out
+        return config_json(self)
 
     def trajectory_fields(self) -> dict[str, Any]:
         """The fields that decide the parameters a run produces, as JSON values.
