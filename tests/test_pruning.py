@@ -224,7 +224,7 @@ def _reference_classify(model, ids, mask, schedule):
                 keep = np.sort(np.argsort(-pri, kind="stable")[:n])
                 h, m, cols = h[:, keep], m[:, keep], cols[keep]
             att = enc.layers[i].attention
-            values = att._split(att.value(h)) if cfg.variant is AccVariant.VALUE_NORM else None
+            values = att.values(h) if cfg.variant is AccVariant.VALUE_NORM else None
             out = enc.run_layers(h, jnp.asarray(m), i, i + 1, output_attentions=True)
             h, probs = out.last_hidden_state, out.attentions[0]
         logits.append(model.classify(h)[0])

@@ -17,16 +17,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
-from elang_jax.core import bucket_sizes, compact_apply
+from elang_jax import flops
+from elang_jax.engine import (
+    CompiledStep,
+    StepEngine,
+    TierResult,
+    cascade_loop,
+    step_thresholds,
+    step_valid,
+)
+from elang_jax.models import step_inputs
 from elang_jax.routing import Score, score
 
 
@@ -109,7 +118,7 @@ class Cascade:
             raise ValueError(f"tier names must be distinct, got {names}")
         self.tiers = tiers
         self.bucket_fractions = tuple(bucket_fractions)
-        self._steps: dict[int, Any] = {}
+        self._engine = StepEngine(_CascadeProgram(self), self.bucket_fractions, self.example_flops)
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -129,8 +138,8 @@ class Cascade:
 
     # ------------------------------------------------------------------ compiled path
 
-    def serving_step(self, batch_size: int):
-        """A jitted `step(inputs, valid=None, thresholds=None) -> CascadeOutput`.
+    def serving_step(self, batch_size: int) -> CompiledStep:
+        """The compiled `step(inputs, valid=None, thresholds=None) -> CascadeOutput`.
 
         `inputs` is one dict (input_ids, attention_mask, token_type_ids; [b t] int32) shared
         by all tiers, or a sequence of such dicts, one per tier (tiers may tokenize
@@ -138,90 +147,19 @@ class Cascade:
         rows never escalate. `thresholds` (N-1 floats) may change between calls without
         recompiling. Tier k + 1 runs on the smallest bucket of `bucket_sizes(batch_size)`
         holding the examples tier k could not answer; an empty bucket skips the tier.
-        Steps are cached per batch size, so each compiles once.
+        Steps are cached per batch size; each reads the tiers as they are at every call,
+        so replacing a tier's model or config takes effect (with a recompile).
         """
-        if batch_size not in self._steps:
-            self._steps[batch_size] = self._build_step(batch_size)
-        return self._steps[batch_size]
+        return self._engine.step(batch_size)
 
-    def _build_step(self, batch_size: int):
-        graphdefs, states = zip(*(nnx.split(t.model) for t in self.tiers), strict=True)
-        kinds = [t.config.score for t in self.tiers]
-        temps = [t.config.temperature for t in self.tiers]
-        buckets = bucket_sizes(batch_size, self.bucket_fractions)
-        n = len(self.tiers)
-
-        @jax.jit
-        def run(states, inputs, valid, thresholds):
-            models = [nnx.merge(g, s) for g, s in zip(graphdefs, states, strict=True)]
-            logits = _logits(models[0], inputs[0])
-            b = logits.shape[0]
-            scores = jnp.full((b, n), jnp.nan, jnp.float32)
-            s0 = score(kinds[0], logits, temps[0])
-            scores = scores.at[:, 0].set(s0)
-            state = dict(
-                predictions=jnp.argmax(logits, -1).astype(jnp.int32),
-                tier=jnp.zeros((b,), jnp.int32),
-                logits=logits,
-                scores=scores,
-                done=(s0 >= thresholds[0]) | ~valid,
-            )
-            for k in range(1, n):
-
-                def run_tier(rows, row_valid, k=k):
-                    lg = _logits(models[k], rows["inputs"])
-                    s = score(kinds[k], lg, temps[k])
-                    accept = jnp.ones_like(s, bool) if k == n - 1 else s >= thresholds[k]
-                    return dict(
-                        predictions=jnp.argmax(lg, -1).astype(jnp.int32),
-                        tier=jnp.full(s.shape, k, jnp.int32),
-                        logits=lg,
-                        scores=rows["scores"].at[:, k].set(s),
-                        done=accept,
-                    )
-
-                state, _ = compact_apply(
-                    run_tier,
-                    ~state["done"],
-                    dict(inputs=inputs[k], scores=state["scores"]),
-                    state,
-                    buckets,
-                )
-            return CascadeOutput(
-                predictions=state["predictions"],
-                tier=state["tier"],
-                logits=state["logits"],
-                scores=state["scores"],
-            )
-
-        def step(
-            inputs: dict[str, Array] | Sequence[dict[str, Array]],
-            valid: Bool[Array, " b"] | None = None,
-            thresholds: Sequence[float] | None = None,
-        ) -> CascadeOutput:
-            per_tier = [inputs] * n if isinstance(inputs, dict) else list(inputs)
-            if len(per_tier) != n:
-                raise ValueError(f"need inputs for {n} tiers, got {len(per_tier)}")
-            for k, inp in enumerate(per_tier):
-                shape = tuple(inp["input_ids"].shape)
-                if shape[0] != batch_size:
-                    raise ValueError(
-                        f"tier {k} input_ids have batch {shape[0]}; this step was built for "
-                        f"batch {batch_size}"
-                    )
-                check = getattr(getattr(self.tiers[k].model, "encoder", None), "check_inputs", None)
-                if check is not None:
-                    check(inp["input_ids"], inp["attention_mask"], inp.get("token_type_ids"))
-            th = self.thresholds if thresholds is None else np.asarray(thresholds, np.float32)
-            if th.shape != (n - 1,) or np.isnan(th).any():
-                raise ValueError(f"thresholds must be {n - 1} non-NaN floats, got {th}")
-            th = np.concatenate([th, [np.inf]]).astype(np.float32)
-            v = jnp.ones((batch_size,), bool) if valid is None else jnp.asarray(valid, bool)
-            per_tier = [{k: jnp.asarray(x, jnp.int32) for k, x in d.items()} for d in per_tier]
-            return run(list(states), per_tier, v, jnp.asarray(th))
-
-        step.buckets = buckets  # type: ignore[attr-defined]
-        return step
+    def example_flops(self, out: CascadeOutput, length: int) -> np.ndarray:
+        """[b] analytic FLOPs of each example of a batch padded to `length`: every tier
+        that ran on it (`elang_jax.flops.classifier_flops`)."""
+        ran = ~np.isnan(np.asarray(out.scores))
+        per_tier = np.array(
+            [flops.classifier_flops(t.model.config, length) for t in self.tiers], np.float64
+        )
+        return ran.astype(np.float64) @ per_tier
 
     # ------------------------------------------------------------------ offline path
 
@@ -288,6 +226,54 @@ class Cascade:
             scores=scores,
             examples_per_tier=np.asarray(counts, np.int64),
         )
+
+
+class _CascadeProgram:
+    """The cascade as a step-engine program: plain classifier tiers."""
+
+    def __init__(self, cascade: Cascade):
+        self.cascade = cascade
+
+    def structure(self):
+        tiers = self.cascade.tiers
+        return [t.model for t in tiers], tuple(
+            (t.config.score, t.config.temperature) for t in tiers
+        )
+
+    def prepare(self, batch_size, inputs, valid=None, thresholds=None):
+        tiers = self.cascade.tiers
+        n = len(tiers)
+        per_tier = [inputs] * n if isinstance(inputs, Mapping) else list(inputs)
+        if len(per_tier) != n:
+            raise ValueError(f"need inputs for {n} tiers, got {len(per_tier)}")
+        prepared = [
+            step_inputs(inp, batch_size, [e] if (e := _encoder(t.model)) is not None else [])
+            for inp, t in zip(per_tier, tiers, strict=True)
+        ]
+        th = step_thresholds("thresholds", thresholds, self.cascade.thresholds, n - 1)
+        th = np.concatenate([th, [np.inf]]).astype(np.float32)
+        return prepared, step_valid(valid, batch_size), jnp.asarray(th)
+
+    def run(self, static, modules, inputs, valid, thresholds, buckets):
+        def tier(k):
+            kind, temperature = static[k]
+
+            def run_tier(rows, row_valid):
+                logits = _logits(modules[k], rows)
+                return TierResult(logits=logits, score=score(kind, logits, temperature))
+
+            return run_tier
+
+        out = cascade_loop(
+            [tier(k) for k in range(len(modules))], inputs, valid, thresholds, buckets
+        )
+        return CascadeOutput(**out)
+
+
+def _encoder(model: nnx.Module):
+    """The BERT-family encoder whose `check_inputs` a tier's inputs must pass, if any."""
+    encoder = getattr(model, "encoder", None)
+    return encoder if hasattr(encoder, "check_inputs") else None
 
 
 def dataset_logits(model: nnx.Module, encoded, batch_size: int, length_buckets) -> np.ndarray:

@@ -51,6 +51,7 @@ from jaxtyping import Array, Bool, Float, Int
 from elang_jax.calibration import CalibrationTarget, OperatingPoint
 from elang_jax.cascade._operating_points import calibrate_thresholds
 from elang_jax.core import bucket_sizes, compact_apply
+from elang_jax.engine import CompiledStep, StepEngine, step_threshold, step_valid
 from elang_jax.flops import t5_flops
 from elang_jax.models._t5 import T5Config, T5ForConditionalGeneration, t5_greedy_from_encoder
 from elang_jax.routing import Score, score
@@ -271,7 +272,7 @@ class ElangSeq2Seq:
         self.super_model = super_model
         self.head = head
         self.config = config
-        self._steps: dict[int, Any] = {}
+        self._engine = StepEngine(_Seq2SeqProgram(self), config.bucket_fractions)
 
     def with_threshold(self, threshold: float) -> ElangSeq2Seq:
         """The same models with a new default threshold (steps also take it per call)."""
@@ -285,111 +286,98 @@ class ElangSeq2Seq:
         feats = pooled_encoder_features(self.swift, input_ids, attention_mask)
         return score(self.config.score, self.head(feats), self.config.temperature)
 
-    def serving_step(self, batch_size: int):
-        """A jitted `step(inputs, valid=None, threshold=None) -> Seq2SeqCascadeOutput`.
+    def serving_step(self, batch_size: int) -> CompiledStep:
+        """The compiled `step(inputs, valid=None, threshold=None) -> Seq2SeqCascadeOutput`.
 
         `inputs` is one dict (input_ids, attention_mask; [b s] int32) shared by both models,
         or a pair (swift_inputs, super_inputs) when they tokenize differently (same
         examples, row for row; lengths may differ). `valid` [b] marks real rows: padding
         rows never escalate and decode nothing. `threshold` (a float) may change between
-        calls without recompiling. The step is built once per batch size and compiles once
-        per (batch size, input lengths).
+        calls without recompiling. Steps are cached per batch size, compile once per input
+        lengths, and read the models, head and config as they are at every call.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if batch_size not in self._steps:
-            self._steps[batch_size] = self._build_step(batch_size)
-        return self._steps[batch_size]
+        return self._engine.step(batch_size)
 
-    def _build_step(self, batch_size: int):
-        cfg = self.config
-        graphdefs, states = zip(
-            *(nnx.split(m) for m in (self.swift, self.super_model, self.head)), strict=True
+
+class _Seq2SeqProgram:
+    """E-LANG seq2seq as a step-engine program (see the module docstring)."""
+
+    def __init__(self, cascade: ElangSeq2Seq):
+        self.cascade = cascade
+
+    def structure(self):
+        c = self.cascade
+        cfg = c.config
+        static = (cfg.score, cfg.temperature, cfg.max_new_tokens, c.swift.config.pad_token_id)
+        return [c.swift, c.super_model, c.head], static
+
+    def prepare(self, batch_size, inputs, valid=None, threshold=None):
+        c = self.cascade
+        swift_in, super_in = _split_inputs(inputs)
+        swift_in = _prepare(c.swift, "swift", swift_in, batch_size)
+        super_in = _prepare(c.super_model, "super", super_in, batch_size)
+        th = jnp.asarray(step_threshold("threshold", threshold, c.config.threshold))
+        return (swift_in, super_in), step_valid(valid, batch_size), th
+
+    def run(self, static, modules, inputs, valid, threshold, buckets):
+        kind, temperature, n_new, pad = static
+        swift, sup, head = modules
+        swift_in, super_in = inputs
+        b = valid.shape[0]
+        # 1. Swift encoder on the whole batch, once.
+        # [b s d]
+        enc = swift.encode(swift_in["input_ids"], swift_in["attention_mask"]).last_hidden_state
+        # 2. Head and score: the decision is taken here, before any decoding.
+        logits = head(masked_mean(enc, swift_in["attention_mask"]))
+        s = score(kind, logits, temperature)
+        keep = (s >= threshold) | ~valid
+        tokens = jnp.full((b, n_new), pad, jnp.int32)
+
+        # 3a. Swift decoder on the kept rows, from the encoder output computed above.
+        def swift_decode(rows, row_valid):
+            return t5_greedy_from_encoder(
+                swift, rows["enc"], rows["mask"], max_new_tokens=n_new, done=~row_valid
+            )
+
+        tokens, _ = compact_apply(
+            swift_decode,
+            keep & valid,
+            dict(enc=enc, mask=swift_in["attention_mask"]),
+            tokens,
+            buckets,
         )
-        buckets = bucket_sizes(batch_size, cfg.bucket_fractions)
-        n_new = cfg.max_new_tokens
-        pad = self.swift.config.pad_token_id
 
-        @jax.jit
-        def run(states, swift_in, super_in, valid, threshold):
-            swift, sup, head = (nnx.merge(g, s) for g, s in zip(graphdefs, states, strict=True))
-            b = valid.shape[0]
-            # 1. Swift encoder on the whole batch, once.
-            # [b s d]
-            enc = swift.encode(swift_in["input_ids"], swift_in["attention_mask"]).last_hidden_state
-            # 2. Head and score: the decision is taken here, before any decoding.
-            logits = head(masked_mean(enc, swift_in["attention_mask"]))
-            s = score(cfg.score, logits, cfg.temperature)
-            keep = (s >= threshold) | ~valid
-            tokens = jnp.full((b, n_new), pad, jnp.int32)
-
-            # 3a. Swift decoder on the kept rows, from the encoder output computed above.
-            def swift_decode(rows, row_valid):
-                return t5_greedy_from_encoder(
-                    swift, rows["enc"], rows["mask"], max_new_tokens=n_new, done=~row_valid
-                )
-
-            tokens, _ = compact_apply(
-                swift_decode,
-                keep & valid,
-                dict(enc=enc, mask=swift_in["attention_mask"]),
-                tokens,
-                buckets,
+        # 3b. The whole Super model on the escalated rows.
+        def super_generate(rows, row_valid):
+            h = sup.encode(rows["input_ids"], rows["attention_mask"]).last_hidden_state
+            return t5_greedy_from_encoder(
+                sup, h, rows["attention_mask"], max_new_tokens=n_new, done=~row_valid
             )
 
-            # 3b. The whole Super model on the escalated rows.
-            def super_generate(rows, row_valid):
-                h = sup.encode(rows["input_ids"], rows["attention_mask"]).last_hidden_state
-                return t5_greedy_from_encoder(
-                    sup, h, rows["attention_mask"], max_new_tokens=n_new, done=~row_valid
-                )
+        tokens, _ = compact_apply(super_generate, ~keep, dict(super_in), tokens, buckets)
+        return Seq2SeqCascadeOutput(
+            tokens=tokens,
+            tier=jnp.where(keep, 0, 1).astype(jnp.int32),
+            score=s,
+            head_logits=logits,
+        )
 
-            tokens, _ = compact_apply(super_generate, ~keep, dict(super_in), tokens, buckets)
-            return Seq2SeqCascadeOutput(
-                tokens=tokens,
-                tier=jnp.where(keep, 0, 1).astype(jnp.int32),
-                score=s,
-                head_logits=logits,
-            )
 
-        def step(
-            inputs: Inputs | Sequence[Inputs],
-            valid: Bool[Array, " b"] | None = None,
-            threshold: float | None = None,
-        ) -> Seq2SeqCascadeOutput:
-            swift_in, super_in = _split_inputs(inputs)
-            swift_in = self._prepare(self.swift, "swift", swift_in, batch_size)
-            super_in = self._prepare(self.super_model, "super", super_in, batch_size)
-            th = cfg.threshold if threshold is None else threshold
-            th = np.asarray(th, np.float32)
-            if th.shape != () or np.isnan(th):
-                raise ValueError(f"threshold must be one non-NaN float, got {threshold!r}")
-            if valid is None:
-                v = jnp.ones((batch_size,), bool)
-            else:
-                v = jnp.asarray(valid, bool)
-                if v.shape != (batch_size,):
-                    raise ValueError(f"valid must have shape ({batch_size},), got {v.shape}")
-            return run(list(states), swift_in, super_in, v, jnp.asarray(th))
-
-        step.buckets = buckets  # type: ignore[attr-defined]
-        step.jitted = run  # type: ignore[attr-defined]
-        return step
-
-    @staticmethod
-    def _prepare(model, name: str, inputs: Inputs, batch_size: int) -> dict[str, Array]:
-        if "input_ids" not in inputs:
-            raise ValueError(f"{name} inputs need 'input_ids', got keys {sorted(inputs)}")
-        ids = jnp.asarray(inputs["input_ids"])
-        if ids.ndim != 2 or ids.shape[0] != batch_size:
-            raise ValueError(
-                f"{name} input_ids have shape {tuple(ids.shape)}; this step was built for "
-                f"batch {batch_size}"
-            )
-        mask = inputs.get("attention_mask")
-        mask = jnp.ones(ids.shape, jnp.int32) if mask is None else jnp.asarray(mask)
-        model.check_inputs(ids, mask)
-        return dict(input_ids=ids.astype(jnp.int32), attention_mask=mask.astype(jnp.int32))
+def _prepare(model, name: str, inputs: Inputs, batch_size: int) -> dict[str, Array]:
+    if not isinstance(inputs, Mapping) or "input_ids" not in inputs:
+        keys = sorted(inputs) if isinstance(inputs, Mapping) else type(inputs).__name__
+        raise ValueError(f"{name} inputs need 'input_ids', got {keys}")
+    ids = jnp.asarray(inputs["input_ids"])
+    if ids.ndim != 2 or ids.shape[0] != batch_size:
+        raise ValueError(
+            f"{name} input_ids have shape {tuple(ids.shape)}; this step was built for "
+            f"batch {batch_size}"
+        )
+    mask = inputs.get("attention_mask")
+    mask = jnp.ones(ids.shape, jnp.int32) if mask is None else jnp.asarray(mask)
+    model.check_inputs(inputs["input_ids"], mask)
+    # != 0, as the models' own forward reads a mask.
+    return dict(input_ids=ids.astype(jnp.int32), attention_mask=(mask != 0).astype(jnp.int32))
 
 
 def _split_inputs(inputs) -> tuple[Inputs, Inputs]:

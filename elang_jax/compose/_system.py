@@ -11,23 +11,32 @@ move them without recompiling.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+import functools
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, ArrayLike, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax import flops
-from elang_jax.compose._config import ComposedConfig
+from elang_jax.compose._config import ComposedConfig, ComposedTierConfig
 from elang_jax.compose._tier import (
     classifier_of,
     schedule_of,
+    set_active_experts,
     tier_exit_logits,
     tier_forward,
 )
-from elang_jax.core import bucket_sizes, compact_apply
+from elang_jax.engine import (
+    CompiledStep,
+    StepEngine,
+    TierResult,
+    cascade_loop,
+    step_thresholds,
+    step_valid,
+)
 from elang_jax.exits import MultiExit
 from elang_jax.models import step_inputs
 from elang_jax.moe import MoEFeedForward, ffn_sites
@@ -62,9 +71,10 @@ class ComposedClassifier:
     Args:
       modules: one per tier, cheapest first: a `BertForSequenceClassification`, or an
         `elang_jax.exits.MultiExit` wrapping one when the tier exits early. A tier with
-        `moe_top_k` must have MoE FFNs (`elang_jax.moe.moefy`); its FFNs are set to run
-        `moe_top_k` experts (this changes the module). For an example's output to be
-        independent of its batch, MoE tiers should be dropless (`capacity_factor=None`).
+        `moe_top_k` must have MoE FFNs (`elang_jax.moe.moefy`); the compiled steps run them
+        with `moe_top_k` experts (the modules passed in are not changed). For an example's
+        output to be independent of its batch, MoE tiers should be dropless
+        (`capacity_factor=None`).
       config: the composed system.
     """
 
@@ -98,14 +108,14 @@ class ComposedClassifier:
                             f"tier {tier.name!r}: moe_top_k={tier.moe_top_k} exceeds the "
                             f"{ffn.config.num_experts} experts"
                         )
-                    ffn.config = ffn.config.replace(top_k=tier.moe_top_k)
             labels[tier.name] = int(model.config.num_labels)
         if len(set(labels.values())) != 1:
             raise ValueError(f"tiers have mismatched label spaces (num_labels per tier): {labels}")
         self.modules = modules
         self.config = config
-        self._steps: dict[int, Callable[..., ComposedOutput]] = {}
-        self._offline: dict[int, Callable[..., Array]] = {}
+        self._engine = StepEngine(
+            _ComposedProgram(self), config.cascade_bucket_fractions, self.example_flops
+        )
 
     @property
     def num_tiers(self) -> int:
@@ -119,121 +129,28 @@ class ComposedClassifier:
         return tuple(module.exit_layers)
 
     # ------------------------------------------------------------------ compiled path
-    def serving_step(self, batch_size: int):
-        """A jitted `step(inputs, valid=None, thresholds=None, exit_thresholds=None)`.
+    def serving_step(self, batch_size: int) -> CompiledStep:
+        """The compiled `step(inputs, valid=None, thresholds=None, exit_thresholds=None)`.
 
         `inputs` holds input_ids, attention_mask, token_type_ids ([b t] int32), shared by all
         tiers. `valid` [b] marks real rows (padding rows run nothing after the first tier's
         embedding and never escalate). `thresholds` (K - 1 cascade thresholds) and
         `exit_thresholds` (K, ignored for tiers without exits) default to the config's and
         may change between calls without recompiling. Returns a `ComposedOutput`. Steps are
-        cached per batch size.
+        cached per batch size and read the modules as they are at every call.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if batch_size not in self._steps:
-            self._steps[batch_size] = self._build_step(batch_size)
-        return self._steps[batch_size]
-
-    def _build_step(self, batch_size: int):
-        cfg = self.config
-        graphdefs, states = zip(*(nnx.split(m) for m in self.modules), strict=True)
-        n = self.num_tiers
-        buckets = bucket_sizes(batch_size, cfg.cascade_bucket_fractions)
-        tiers = cfg.tiers
-        encoders = [classifier_of(m).encoder for m in self.modules]
-
-        def run_tier(k, modules, inputs, valid, exit_thresholds):
-            out = tier_forward(
-                modules[k], tiers[k], inputs, valid, exit_thresholds[k], cfg.exit_bucket_fractions
-            )
-            s = score(tiers[k].score, out["logits"], tiers[k].temperature)
-            return out, s
-
-        @jax.jit
-        def run(states, inputs, valid, thresholds, exit_thresholds):
-            modules = [nnx.merge(g, s) for g, s in zip(graphdefs, states, strict=True)]
-            b = inputs["input_ids"].shape[0]
-            out, s0 = run_tier(0, modules, inputs, valid, exit_thresholds)
-            state = dict(
-                predictions=jnp.argmax(out["logits"], -1).astype(jnp.int32),
-                tier=jnp.zeros((b,), jnp.int32),
-                logits=out["logits"],
-                scores=jnp.full((b, n), jnp.nan, jnp.float32).at[:, 0].set(s0),
-                exit_index=jnp.full((b, n), -1, jnp.int32)
-                .at[:, 0]
-                .set(jnp.where(valid, out["exit_index"], -1)),
-                layers=jnp.zeros((b, n), jnp.int32).at[:, 0].set(out["layers"]),
-                done=(s0 >= thresholds[0]) | ~valid,
-            )
-            for k in range(1, n):
-
-                def escalated(rows, row_valid, k=k):
-                    out, s = run_tier(k, modules, rows["inputs"], row_valid, exit_thresholds)
-                    accept = jnp.ones_like(s, bool) if k == n - 1 else s >= thresholds[k]
-                    return dict(
-                        predictions=jnp.argmax(out["logits"], -1).astype(jnp.int32),
-                        tier=jnp.full(s.shape, k, jnp.int32),
-                        logits=out["logits"],
-                        scores=rows["scores"].at[:, k].set(s),
-                        exit_index=rows["exit_index"].at[:, k].set(out["exit_index"]),
-                        layers=rows["layers"].at[:, k].set(out["layers"]),
-                        done=accept,
-                    )
-
-                keep = {key: state[key] for key in ("scores", "exit_index", "layers")}
-                state, _ = compact_apply(
-                    escalated, ~state["done"], dict(inputs=inputs, **keep), state, buckets
-                )
-            return ComposedOutput(
-                predictions=state["predictions"],
-                tier=state["tier"],
-                logits=state["logits"],
-                scores=state["scores"],
-                exit_index=state["exit_index"],
-                layers=state["layers"],
-            )
-
-        def step(
-            inputs: Mapping[str, ArrayLike],
-            valid: Bool[Array, " b"] | None = None,
-            thresholds: Sequence[float] | None = None,
-            exit_thresholds: Sequence[float] | None = None,
-        ) -> ComposedOutput:
-            full = step_inputs(inputs, batch_size, encoders)
-            th = _thresholds("thresholds", thresholds, [t.threshold for t in tiers[:-1]], n - 1)
-            th = np.concatenate([th, [np.inf]]).astype(np.float32)
-            eth = _thresholds(
-                "exit_thresholds", exit_thresholds, [t.exit_threshold for t in tiers], n
-            )
-            v = jnp.ones((batch_size,), bool) if valid is None else jnp.asarray(valid, bool)
-            if v.shape != (batch_size,):
-                raise ValueError(f"valid must have shape [{batch_size}], got {v.shape}")
-            states = [nnx.state(m) for m in self.modules]
-            return run(states, full, v, jnp.asarray(th), jnp.asarray(eth))
-
-        step.buckets = buckets  # type: ignore[attr-defined]
-        return step
+        return self._engine.step(batch_size)
 
     # ------------------------------------------------------------------ offline path
-    def exit_logits(self, k: int, inputs: Mapping[str, ArrayLike]) -> Float[Array, "e b c"]:
+    def exit_logits(self, k: int, inputs: Mapping[str, ArrayLike]) -> Float[Array, "x b c"]:
         """Tier k's every exit's logits on a batch under its pruning and MoE settings (no
         example leaves early): what exit calibration sweeps thresholds over. A tier without
         exits returns its logits as one exit."""
-        if k not in self._offline:
-            self._offline[k] = self._build_offline(k)
         full = step_inputs(inputs, None, [classifier_of(self.modules[k]).encoder])
-        return self._offline[k](nnx.state(self.modules[k]), full)
-
-    def _build_offline(self, k: int):
-        module, tier = self.modules[k], self.config.tiers[k]
-        graphdef = nnx.graphdef(module)
-
-        @jax.jit
-        def run(state, inputs):
-            return tier_exit_logits(nnx.merge(graphdef, state), tier, inputs)
-
-        return run
+        graphdef, state = nnx.split(self.modules[k])
+        # The static tier leaves the thresholds out, as the serving step's does.
+        tier = self.config.tiers[k].replace(threshold=0.0, exit_threshold=0.0)
+        return _offline_logits(graphdef, tier, state, full)
 
     # ------------------------------------------------------------------ cost
     def tier_flops(self, k: int, length: int, layers: int, exit_index: int) -> int:
@@ -254,15 +171,15 @@ class ComposedClassifier:
             ffn = ffns[i]
             if isinstance(ffn, MoEFeedForward):
                 c = ffn.config
+                top_k = c.top_k if tier.moe_top_k is None else tier.moe_top_k
                 total += flops.moe_ffn_flops(
-                    t, d, mc.intermediate_size, c.num_experts, c.top_k, c.router.value
+                    t, d, mc.intermediate_size, c.num_experts, top_k, c.router.value
                 )
             else:
                 total += flops.ffn_flops(t, d, mc.intermediate_size)
             if i + 1 < len(counts) and counts[i + 1] < t:
-                total += 2 * mc.num_heads * t * t  # ACC: summing the attention probabilities
-        head = 2 * d * d + 2 * d * mc.num_labels
-        return total + (exit_index + 1) * head
+                total += flops.acc_score_flops(mc.num_heads, t, t)
+        return total + (exit_index + 1) * flops.head_flops(d, mc.num_labels)
 
     def example_flops(self, out: ComposedOutput, length: int) -> Float[np.ndarray, " b"]:
         """[b] analytic FLOPs of each example of a batch padded to `length`."""
@@ -281,8 +198,69 @@ class ComposedClassifier:
         return cost
 
 
-def _thresholds(name: str, given, default, n: int) -> np.ndarray:
-    th = np.asarray(default if given is None else given, np.float32).reshape(-1)
-    if th.shape != (n,) or np.isnan(th).any():
-        raise ValueError(f"{name} must be {n} non-NaN floats, got {th}")
-    return th
+class _ComposedProgram:
+    """The composed system as a step-engine program: tiers with exits, ACC and MoE."""
+
+    def __init__(self, system: ComposedClassifier):
+        self.system = system
+
+    def structure(self):
+        cfg = self.system.config
+        # Thresholds are traced arguments: the static description leaves them out, so that
+        # a config with new thresholds reuses the compiled program.
+        tiers = tuple(t.replace(threshold=0.0, exit_threshold=0.0) for t in cfg.tiers)
+        return self.system.modules, (tiers, cfg.exit_bucket_fractions)
+
+    def prepare(self, batch_size, inputs, valid=None, thresholds=None, exit_thresholds=None):
+        system = self.system
+        tiers = system.config.tiers
+        n = len(tiers)
+        encoders = [classifier_of(m).encoder for m in system.modules]
+        full = step_inputs(inputs, batch_size, encoders)
+        th = step_thresholds("thresholds", thresholds, [t.threshold for t in tiers[:-1]], n - 1)
+        eth = step_thresholds(
+            "exit_thresholds", exit_thresholds, [t.exit_threshold for t in tiers], n
+        )
+        params = dict(
+            thresholds=jnp.asarray(np.concatenate([th, [np.inf]]).astype(np.float32)),
+            exit_thresholds=jnp.asarray(eth),
+        )
+        return full, step_valid(valid, batch_size), params
+
+    def run(self, static, modules, inputs, valid, params, buckets):
+        tiers, exit_fractions = static
+        for module, tier in zip(modules, tiers, strict=True):
+            set_active_experts(module, tier)
+
+        def tier_fn(k):
+            def run_tier(rows, row_valid):
+                out = tier_forward(
+                    modules[k],
+                    tiers[k],
+                    rows,
+                    row_valid,
+                    params["exit_thresholds"][k],
+                    exit_fractions,
+                )
+                s = score(tiers[k].score, out["logits"], tiers[k].temperature)
+                extra = dict(exit_index=out["exit_index"], layers=out["layers"])
+                return TierResult(logits=out["logits"], score=s, extra=extra)
+
+            return run_tier
+
+        out = cascade_loop(
+            [tier_fn(k) for k in range(len(tiers))],
+            [inputs] * len(tiers),
+            valid,
+            params["thresholds"],
+            buckets,
+            fills=dict(exit_index=-1, layers=0),
+        )
+        return ComposedOutput(**out)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _offline_logits(graphdef, tier: ComposedTierConfig, state, inputs) -> Float[Array, "x b c"]:
+    module = nnx.merge(graphdef, state)
+    set_active_experts(module, tier)
+    return tier_exit_logits(module, tier, inputs)

@@ -7,7 +7,7 @@ segment the layers run one at a time so that ACC can drop tokens between them. A
 does not exit runs the classifier, pruned (`acc_classify`) or not. MoE FFNs need nothing
 here: they sit inside the layers.
 
-Shape names: b rows, t padded length, c classes, e exits.
+Shape names: b rows, t padded length, c classes, x exits.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from elang_jax.compose._config import ComposedTierConfig
 from elang_jax.core import bucket_sizes
 from elang_jax.exits import MultiExit, all_exit_logits, exit_loop
 from elang_jax.models import BertForSequenceClassification
-from elang_jax.pruning import KeepSchedule, acc_classify
+from elang_jax.moe import MoEFeedForward, ffn_sites
+from elang_jax.pruning import AccSelector, KeepSchedule, acc_classify
 
 
 def classifier_of(module: nnx.Module) -> BertForSequenceClassification:
@@ -39,6 +40,17 @@ def schedule_of(tier: ComposedTierConfig, num_layers: int) -> KeepSchedule | Non
     if tier.acc_rate is None or tier.acc_rate >= 1.0:
         return None
     return KeepSchedule.from_speed(tier.acc_rate, num_layers, tier.acc_config)
+
+
+def set_active_experts(module: nnx.Module, tier: ComposedTierConfig) -> None:
+    """Sets the tier's MoE FFNs to run `tier.moe_top_k` experts. Called on the engine's
+    merged copy of the module inside the traced step, never on the caller's module."""
+    if tier.moe_top_k is None:
+        return
+    for site in ffn_sites(classifier_of(module)):  # pyright: ignore[reportArgumentType]
+        ffn = site.ffn
+        assert isinstance(ffn, MoEFeedForward)
+        ffn.config = ffn.config.replace(top_k=tier.moe_top_k)
 
 
 def tier_forward(
@@ -76,21 +88,21 @@ def tier_forward(
         exit_threshold,
         jnp.int32(tier.exit_patience),
         bucket_sizes(b, exit_fractions),
-        schedule,
+        None if schedule is None else AccSelector(schedule),
     )
     return dict(logits=out["logits"], exit_index=out["exit_index"], layers=out["layers"])
 
 
 def tier_exit_logits(
     module: nnx.Module, tier: ComposedTierConfig, inputs: dict[str, Array]
-) -> Float[Array, "e b c"]:
+) -> Float[Array, "x b c"]:
     """Every exit's logits of the tier (no example leaves; traced); one exit for a tier
     that does not exit early."""
     model = classifier_of(module)
     schedule = schedule_of(tier, len(model.encoder.layers))
     if tier.exit_policy is not None:
         assert isinstance(module, MultiExit)
-        return all_exit_logits(module, inputs, schedule)
+        return all_exit_logits(module, inputs, None if schedule is None else AccSelector(schedule))
     b = inputs["input_ids"].shape[0]
     out = tier_forward(module, tier, inputs, jnp.ones((b,), bool), jnp.float32(jnp.inf), (1.0,))
     return out["logits"][None]

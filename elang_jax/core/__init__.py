@@ -9,9 +9,15 @@ from elang_jax.core._compaction import (
     scatter_rows,
     validate_buckets,
 )
+from elang_jax.core._stack import LayerFn, StackState, TokenSelector, full_counts, run_stack
 
 __all__ = [
+    "LayerFn",
     "Packing",
+    "StackState",
+    "TokenSelector",
+    "full_counts",
+    "run_stack",
     "bucket_sizes",
     "compact_apply",
     "gather_rows",

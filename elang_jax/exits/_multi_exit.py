@@ -14,8 +14,7 @@ how `elang_jax.compose` runs a model that exits early and prunes tokens at once.
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Mapping
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -23,16 +22,22 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from elang_jax.core import bucket_sizes, compact_apply
+from elang_jax.core import (
+    StackState,
+    TokenSelector,
+    compact_apply,
+    full_counts,
+    run_stack,
+)
+from elang_jax.engine import (
+    CompiledStep,
+    StepEngine,
+    step_count,
+    step_threshold,
+    step_valid,
+)
 from elang_jax.exits._config import ExitPolicy, MultiExitConfig
 from elang_jax.models import BertForSequenceClassification, step_inputs
-from elang_jax.pruning import (
-    AccVariant,
-    KeepSchedule,
-    acc_scores,
-    gather_tokens,
-    select_tokens,
-)
 from elang_jax.routing import score
 
 
@@ -219,133 +224,121 @@ class MultiExit(nnx.Module):
         )
 
     # ------------------------------------------------------------------ batched step
-    def exit_step(self, batch_size: int, policy: ExitPolicy | str | None = None):
-        """A jitted `step(inputs, valid=None, threshold=None, patience=None) -> ExitStepOutput`.
+    def exit_step(self, batch_size: int, policy: ExitPolicy | str | None = None) -> CompiledStep:
+        """The compiled `step(inputs, valid=None, threshold=None, patience=None)`, returning
+        an `ExitStepOutput`.
 
         `inputs` holds input_ids, attention_mask and token_type_ids ([b t] int32); `valid`
         [b] marks real rows (padding rows run no layer and report layers = 0). `threshold`
         (float) and `patience` (int) default to the config's and may change between calls
-        without recompiling. `policy` overrides the config's. Each call of `exit_step`
-        compiles a new step: keep the one it returns. The step reads the module's current
-        parameters and temperatures on every call.
+        without recompiling. `policy` overrides the config's. Steps are cached per batch
+        size and policy; each reads the module's current parameters, temperatures and
+        structure on every call.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        graphdef = nnx.graphdef(self)
-        buckets = bucket_sizes(batch_size, self.config.bucket_fractions)
         policy = self.config.policy if policy is None else ExitPolicy(policy)
-
-        @jax.jit
-        def run(state, inputs, valid, threshold, patience):
-            me = nnx.merge(graphdef, state)
-            out = exit_loop(me, inputs, valid, policy, threshold, patience, buckets)
-            return ExitStepOutput(**out)
-
-        def step(
-            inputs: Mapping[str, Array | np.ndarray],
-            valid: Bool[Array, " b"] | None = None,
-            threshold: float | None = None,
-            patience: int | None = None,
-        ) -> ExitStepOutput:
-            full = step_inputs(inputs, batch_size, [self.model.encoder])
-            thr = self.config.threshold if threshold is None else float(threshold)
-            if math.isnan(thr):
-                raise ValueError("threshold is NaN")
-            pat = self.config.patience if patience is None else int(patience)
-            if pat < 1:
-                raise ValueError(f"patience must be >= 1, got {pat}")
-            v = jnp.ones((batch_size,), bool) if valid is None else jnp.asarray(valid, bool)
-            if v.shape != (batch_size,):
-                raise ValueError(f"valid must have shape [{batch_size}], got {v.shape}")
-            return run(
-                nnx.state(self), full, v, jnp.asarray(thr, jnp.float32), jnp.asarray(pat, jnp.int32)
+        engines = _ENGINES.setdefault(self, {})
+        if policy not in engines:
+            engines[policy] = StepEngine(
+                _ExitProgram(weakref.ref(self), policy), self.config.bucket_fractions
             )
+        return engines[policy].step(batch_size)
 
-        return step
+
+# One set of compiled exit steps per module, dropped with it (an nnx.Module holds arrays and
+# submodules only, so the cache lives beside it).
+_ENGINES: weakref.WeakKeyDictionary[MultiExit, dict[ExitPolicy, StepEngine]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _ExitProgram:
+    """The exit step as a step-engine program: one tier with exits."""
+
+    def __init__(self, module: weakref.ref, policy: ExitPolicy):
+        self._module = module
+        self.policy = policy
+
+    def _me(self) -> MultiExit:
+        me = self._module()
+        if me is None:
+            raise RuntimeError("the MultiExit this step was built for no longer exists")
+        return me
+
+    def structure(self):
+        return [self._me()], self.policy
+
+    def prepare(self, batch_size, inputs, valid=None, threshold=None, patience=None):
+        me = self._me()
+        full = step_inputs(inputs, batch_size, [me.model.encoder])
+        params = dict(
+            threshold=jnp.asarray(step_threshold("threshold", threshold, me.config.threshold)),
+            patience=jnp.asarray(step_count("patience", patience, me.config.patience)),
+        )
+        return full, step_valid(valid, batch_size), params
+
+    def run(self, static, modules, inputs, valid, params, buckets):
+        (me,) = modules
+        out = exit_loop(me, inputs, valid, static, params["threshold"], params["patience"], buckets)
+        return ExitStepOutput(**out)
 
 
 # ---------------------------------------------------------------------------------------------
 # The exit loop, shared with composed systems (`elang_jax.compose`), which also prune tokens
 
 
-def _start(me: MultiExit, inputs: dict[str, Array]) -> dict[str, Array]:
-    """Per-example state before layer 1: hidden states, mask, ACC scores, feature history."""
+def _start(me: MultiExit, inputs: dict[str, Array]) -> tuple[StackState, Array]:
+    """Per-example state before layer 1: the tokens, and the feature history [b l+1 d]
+    holding the embeddings' features."""
     enc = me.model.encoder
     h = enc.embed(inputs["input_ids"], inputs["token_type_ids"])
-    b, t, d = h.shape
-    mask = inputs["attention_mask"].astype(jnp.int32)
-    feats = jnp.zeros((b, len(enc.layers) + 1, d), h.dtype)
-    feats = feats.at[:, 0].set(pool_features(h, mask, me.config.pooling))
-    return dict(h=h, mask=mask, acc=jnp.zeros((b, t), jnp.float32), feats=feats)
+    state = StackState.start(h, inputs["attention_mask"])
+    feats = jnp.zeros((h.shape[0], len(enc.layers) + 1, h.shape[2]), h.dtype)
+    feats = feats.at[:, 0].set(pool_features(h, state.mask, me.config.pooling))
+    return state, feats
 
 
 def _run_layers(
     me: MultiExit,
-    rows: dict[str, Array],
+    state: StackState,
+    feats: Array,
     start: int,
     stop: int,
     counts: tuple[int, ...],
-    schedule: KeepSchedule | None,
-) -> dict[str, Array]:
-    """Layers [start, stop) on `rows` (h [b n d], mask [b n], acc [b n], feats [b l1 d]).
-
-    With a keep schedule, a layer whose count is below the tokens at hand first keeps the
-    best-scored columns (ACC), and a layer whose successor keeps fewer tokens scores its
-    tokens from its attention probabilities. `counts` are static, so shapes are too.
-    """
-    enc = me.model.encoder
+    selector: TokenSelector | None,
+) -> tuple[StackState, Array]:
+    """Layers [start, stop) through the shared runner, each layer's pooled features written
+    into the history `feats`."""
     pooling = me.config.pooling
-    h, mask, acc, feats = rows["h"], rows["mask"], rows["acc"], rows["feats"]
-    for i in range(start, stop):
-        n = counts[i]
-        if n < h.shape[1]:
-            assert schedule is not None
-            cfg = schedule.config
-            columns = select_tokens(
-                acc, n, mask, keep_first=cfg.keep_first, keep_last=cfg.keep_last
-            )
-            h, mask = gather_tokens((h, mask), columns)
-        selects_next = i + 1 < len(counts) and counts[i + 1] < n
-        values = None
-        by_value = schedule is not None and schedule.config.variant is AccVariant.VALUE_NORM
-        if selects_next and by_value:
-            attention = enc.layers[i].attention
-            values = attention._split(attention.value(h))
-        out = enc.run_layers(h, mask, i, i + 1, output_attentions=selects_next)
-        h = out.last_hidden_state
-        if selects_next:
-            assert out.attentions is not None
-            acc = acc_scores(out.attentions[0], mask, values=values)
-        else:
-            acc = jnp.zeros(h.shape[:2], jnp.float32)
-        feats = feats.at[:, i + 1].set(pool_features(h, mask, pooling))
-    return dict(h=h, mask=mask, acc=acc, feats=feats)
+
+    def record(i, state, feats):
+        return feats.at[:, i + 1].set(pool_features(state.h, state.mask, pooling))
+
+    return run_stack(
+        me.model.encoder.layer_fn(), state, start, stop, counts, selector, record, feats
+    )
 
 
-def _counts(me: MultiExit, t: int, schedule: KeepSchedule | None) -> tuple[int, ...]:
+def _counts(me: MultiExit, t: int, selector: TokenSelector | None) -> tuple[int, ...]:
     num_layers = len(me.model.encoder.layers)
-    if schedule is None:
-        return (t,) * num_layers
-    if schedule.num_layers != num_layers:
-        raise ValueError(
-            f"the schedule is for {schedule.num_layers} layers, the model has {num_layers}"
-        )
-    if schedule.config.keep_first < 1:
-        raise ValueError("a classifier reads token 0: use an AccConfig with keep_first >= 1")
-    return schedule.counts(t)
+    if selector is None:
+        return full_counts(num_layers, t)
+    counts = selector.counts(t)
+    if len(counts) != num_layers:
+        raise ValueError(f"the schedule is for {len(counts)} layers, the model has {num_layers}")
+    return counts
 
 
 def all_exit_logits(
-    me: MultiExit, inputs: dict[str, Array], schedule: KeepSchedule | None = None
-) -> Float[Array, "e b c"]:
-    """Every exit's logits when no example leaves (traced), optionally under ACC pruning:
-    the offline input of exit calibration for a pruned multi-exit model."""
-    rows = _start(me, inputs)
-    counts = _counts(me, rows["h"].shape[1], schedule)
+    me: MultiExit, inputs: dict[str, Array], selector: TokenSelector | None = None
+) -> Float[Array, "x b c"]:
+    """Every exit's logits when no example leaves (traced), optionally with a token
+    selector (ACC): the offline input of exit calibration for a pruned multi-exit model."""
+    state, feats = _start(me, inputs)
+    counts = _counts(me, state.h.shape[1], selector)
     logits, start = [], 0
     for k, stop in enumerate(me.exit_layers):
-        rows = _run_layers(me, rows, start, stop, counts, schedule)
-        logits.append(me.exit_logits(k, rows["feats"], rows["h"]))
+        state, feats = _run_layers(me, state, feats, start, stop, counts, selector)
+        logits.append(me.exit_logits(k, feats, state.h))
         start = stop
     return jnp.stack(logits)
 
@@ -358,22 +351,23 @@ def exit_loop(
     threshold: Float[Array, ""],
     patience: Int[Array, ""],
     buckets: tuple[int, ...],
-    schedule: KeepSchedule | None = None,
+    selector: TokenSelector | None = None,
 ) -> dict[str, Array]:
     """The batched early-exit computation (traced; see `MultiExit.exit_step`), optionally
-    pruning tokens with ACC between layers.
+    with a token selector (ACC) between layers.
 
     After each exit the examples still running are packed into the smallest of `buckets`
     (sizes for this batch) that holds them. Returns the fields of `ExitStepOutput`.
     """
     temps = me.temperatures.value
-    rows = _start(me, inputs)
-    b, t, d = rows["h"].shape
-    counts = _counts(me, t, schedule)
+    state, feats = _start(me, inputs)
+    b, t, d = state.h.shape
+    counts = _counts(me, t, selector)
     exits = me.exit_layers
     last = len(exits) - 1
     carry = dict(
-        **rows,
+        state=state,
+        feats=feats,
         done=~valid,
         predictions=jnp.zeros((b,), jnp.int32),
         exit_index=jnp.zeros((b,), jnp.int32),
@@ -385,8 +379,10 @@ def exit_loop(
     for k, stop in enumerate(exits):
 
         def segment(rows, row_valid, k=k, start=start, stop=stop):
-            state = _run_layers(me, rows, start, stop, counts, schedule)
-            logits = me.exit_logits(k, state["feats"], state["h"])
+            state, feats = _run_layers(
+                me, rows["state"], rows["feats"], start, stop, counts, selector
+            )
+            logits = me.exit_logits(k, feats, state.h)
             pred = jnp.argmax(logits, -1).astype(jnp.int32)
             conf = score(policy.score, logits, temps[k])
             agree = jnp.where((k > 0) & (pred == rows["predictions"]), rows["agree"] + 1, 0)
@@ -397,7 +393,8 @@ def exit_loop(
             else:
                 leave = conf >= threshold
             return dict(
-                **state,
+                state=state,
+                feats=feats,
                 done=leave,
                 predictions=pred,
                 exit_index=jnp.full_like(pred, k),
@@ -406,15 +403,9 @@ def exit_loop(
                 agree=agree.astype(jnp.int32),
             )
 
-        # Rows that already left keep their answers; their hidden states are dropped (zeros
-        # of the shapes this segment leaves behind, which pruning may have narrowed).
-        n = counts[stop - 1]
-        default = dict(
-            carry,
-            h=jnp.zeros((b, n, d), carry["h"].dtype),
-            mask=jnp.zeros((b, n), jnp.int32),
-            acc=jnp.zeros((b, n), jnp.float32),
-        )
+        # Rows that already left keep their answers; their tokens are dropped (zeros of the
+        # shapes this segment leaves behind, which pruning may have narrowed).
+        default = dict(carry, state=StackState.zeros(b, counts[stop - 1], d, state.h.dtype))
         carry, _ = compact_apply(segment, ~carry["done"], carry, default, buckets)
         start = stop
     layers = jnp.asarray(exits, jnp.int32)[carry["exit_index"]]

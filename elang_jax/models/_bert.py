@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Int
 
+from elang_jax.core import LayerFn, StackState
 from elang_jax.models._common import (
     FeedForward,
     MultiHeadAttention,
@@ -232,7 +233,7 @@ class BertModel(nnx.Module):
         if attention_mask is not None:
             check_mask(attention_mask, input_ids.shape)
         if token_type_ids is not None:
-            check_mask(token_type_ids, input_ids.shape, "token_type_ids")
+            check_mask(token_type_ids, input_ids.shape, "token_type_ids", binary=False)
             check_token_ids(token_type_ids, self.config.type_vocab_size, "token_type_ids")
 
     def embed(
@@ -274,6 +275,19 @@ class BertModel(nnx.Module):
             hidden_states=tuple(hiddens) if output_hidden_states else None,
             attentions=tuple(attns) if output_attentions else None,
         )
+
+    def layer_fn(self, *, rngs: nnx.Rngs | None = None) -> LayerFn:
+        """This stack as the layer-stack runner's `LayerFn` (`elang_jax.core.run_stack`)."""
+
+        def run(i: int, state: StackState, want_probs: bool, want_values: bool):
+            values = self.layers[i].attention.values(state.h) if want_values else None
+            out = self.run_layers(
+                state.h, state.mask, i, i + 1, output_attentions=want_probs, rngs=rngs
+            )
+            probs = out.attentions[0] if out.attentions is not None else None
+            return out.last_hidden_state, probs, values
+
+        return run
 
     def pool(self, h: Float[Array, "b t d"]) -> Float[Array, "b d"]:
         if self.pooler is None:
@@ -436,18 +450,37 @@ def step_inputs(
       encoders: whose `check_inputs` the inputs must pass, as given (dtypes, ranges),
         before they are cast to int32.
     """
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs must be a dict of arrays, got {type(inputs).__name__}")
+    unknown = sorted(set(inputs) - {"input_ids", "attention_mask", "token_type_ids"})
+    if "input_ids" not in inputs or unknown:
+        raise ValueError(
+            "inputs must hold input_ids and optionally attention_mask, token_type_ids; got "
+            f"keys {sorted(inputs)}"
+        )
     ids = jnp.asarray(inputs["input_ids"])
     if ids.ndim != 2 or (batch_size is not None and ids.shape[0] != batch_size):
-        want = f"[{batch_size}, t]" if batch_size is not None else "[b, t]"
-        raise ValueError(f"input_ids must have shape {want} for this step, got {ids.shape}")
+        if batch_size is None:
+            raise ValueError(f"input_ids must have shape [b, t], got {ids.shape}")
+        raise ValueError(
+            f"input_ids must have shape [{batch_size}, t] (this step was built for batch "
+            f"{batch_size}), got {ids.shape}"
+        )
     for encoder in encoders:
         encoder.check_inputs(  # as given: numpy or jax arrays
             inputs["input_ids"],  # pyright: ignore[reportArgumentType]
             inputs.get("attention_mask"),  # pyright: ignore[reportArgumentType]
             inputs.get("token_type_ids"),  # pyright: ignore[reportArgumentType]
         )
+    mask = inputs.get("attention_mask")
+    types = inputs.get("token_type_ids")
     return dict(
         input_ids=ids.astype(jnp.int32),
-        attention_mask=jnp.asarray(inputs.get("attention_mask", jnp.ones_like(ids)), jnp.int32),
-        token_type_ids=jnp.asarray(inputs.get("token_type_ids", jnp.zeros_like(ids)), jnp.int32),
+        # != 0, as the plain forward's `mask_to_bias` reads a mask.
+        attention_mask=jnp.ones_like(ids, jnp.int32)
+        if mask is None
+        else (jnp.asarray(mask) != 0).astype(jnp.int32),
+        token_type_ids=jnp.zeros_like(ids, jnp.int32)
+        if types is None
+        else jnp.asarray(types, jnp.int32),
     )

@@ -47,9 +47,23 @@ def check_token_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") ->
             )
 
 
-def check_mask(mask: Any, shape: tuple[int, ...], name: str = "attention_mask") -> None:
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
+def check_mask(
+    mask: Any, shape: tuple[int, ...], name: str = "attention_mask", *, binary: bool | None = None
+) -> None:
+    """Shape check; a `binary` array (default: one named a mask) must also hold only 0 and
+    1 (checked when concrete). The same check serves position and type ids, which are not.
+
+    A mask of 0.5 would be read as "keep" by a forward that tests `mask != 0` and as "drop"
+    by one that casts to int: refusing it keeps every path on the same answer.
+    """
+    if tuple(np.shape(mask)) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(np.shape(mask))}")
+    binary = "mask" in name if binary is None else binary
+    if binary and is_concrete(mask) and np.size(mask):
+        m = np.asarray(mask)
+        if m.dtype != bool and not np.isin(m, (0, 1)).all():
+            bad = np.unique(m[~np.isin(m, (0, 1))])[:5].tolist()
+            raise ValueError(f"{name} must hold only 0 and 1, got values {bad}")
 
 
 def check_length(length: int, limit: int, what: str = "sequence") -> None:
@@ -163,12 +177,18 @@ class MultiHeadAttention(nnx.Module):
         self.head_dim = head_dim
         self.scale = scale
 
-    def _split(self, x: jax.Array) -> jax.Array:
+    def split_heads(self, x: Float[Array, "b t hk"]) -> Float[Array, "b t h k"]:
+        """A projection's output, one slice per head."""
         # [b t (h k)] -> [b t h k]
         return x.reshape(*x.shape[:-1], self.num_heads, self.head_dim)
 
     def project_kv(self, x: Float[Array, "b s d"]) -> tuple[jax.Array, jax.Array]:
-        return self._split(self.key(x)), self._split(self.value(x))
+        """Keys and values [b s h k] of `x` (what a KV cache stores)."""
+        return self.split_heads(self.key(x)), self.split_heads(self.value(x))
+
+    def values(self, x: Float[Array, "b s d"]) -> Float[Array, "b s h k"]:
+        """The value vectors of `x` per head (ACC's value-norm scores read them)."""
+        return self.split_heads(self.value(x))
 
     def __call__(
         self,
@@ -179,7 +199,7 @@ class MultiHeadAttention(nnx.Module):
         return_probs: bool = False,
     ) -> tuple[Float[Array, "b t d"], Float[Array, "b h t s"] | None]:
         """Attends from `x` to `kv` (precomputed [b s h k] keys and values) or to itself."""
-        q = self._split(self.query(x))
+        q = self.split_heads(self.query(x))
         k, v = kv if kv is not None else self.project_kv(x)
         out, probs = dot_product_attention(q, k, v, bias, self.scale, return_probs)
         # [b t h k] -> [b t (h k)]

@@ -40,6 +40,7 @@ from elang_jax.pruning._schedule import AccConfig, AccVariant, KeepSchedule, Pro
 
 # Scores and selection.
 from elang_jax.pruning._scores import acc_scores, gather_tokens, select_tokens
+from elang_jax.pruning._selector import AccSelector
 
 # Fine-tuning with elimination active.
 from elang_jax.pruning._train import make_acc_train_step
@@ -51,6 +52,7 @@ __all__ = [
     "KeepSchedule",
     "Profile",
     # Scores
+    "AccSelector",
     "acc_scores",
     "gather_tokens",
     "select_tokens",

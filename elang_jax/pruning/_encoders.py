@@ -1,10 +1,11 @@
 """ACC token pruning in encoders: BERT-family classifiers and the T5 encoder.
 
-Both run their stack one layer at a time through the backbone's `run_layers`, which accepts
-any subset of a sequence's tokens (BERT adds positions at the embedding; T5 computes its
-relative bias from the `positions` passed along). After a layer whose successor keeps fewer
-tokens, the layer's attention probabilities give the ACC scores, `select_tokens` picks the
-columns and `gather_tokens` takes them (hidden states, mask, original positions).
+Both run their stack through the shared layer-stack runner (`elang_jax.core.run_stack`) with
+ACC as its token selector: after a layer whose successor keeps fewer tokens, the layer's
+attention probabilities give the ACC scores, and before the next layer `select_tokens` picks
+the columns and `gather_tokens` takes them (hidden states, mask, original positions). The
+backbone's `run_layers` accepts any subset of a sequence's tokens (BERT adds positions at the
+embedding; T5 computes its relative bias from the `positions` passed along).
 
 Shape names: b batch, t padded length, n tokens kept after the last selection, d width,
 c classes.
@@ -13,13 +14,13 @@ c classes.
 from __future__ import annotations
 
 import flax.struct
-import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from elang_jax.core import LayerFn, StackState, run_stack
 from elang_jax.models import BertForSequenceClassification, T5ForConditionalGeneration
-from elang_jax.pruning._schedule import AccVariant, KeepSchedule
-from elang_jax.pruning._scores import acc_scores, gather_tokens, select_tokens
+from elang_jax.pruning._schedule import KeepSchedule
+from elang_jax.pruning._selector import AccSelector
 
 
 @flax.struct.dataclass
@@ -50,38 +51,14 @@ def _check(schedule: KeepSchedule, num_layers: int) -> None:
 
 
 def _prune_stack(
-    run_layer,
-    value_fn,
-    h: Float[Array, "b t d"],
-    mask: Int[Array, "b t"],
-    schedule: KeepSchedule,
-    rngs: nnx.Rngs | None,
-):
-    """The shared layer loop. `run_layer(i, h, mask, positions, want_probs)` runs layer i and
-    returns (h, probs or None); `value_fn(i, h)` returns the layer's [b t h k] values."""
-    b, t = mask.shape
-    counts = schedule.counts(t)
-    cfg = schedule.config
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    mask = mask.astype(jnp.int32)
-    scores = None  # set by the layer before every selection
-    for i, n in enumerate(counts):
-        if n < h.shape[1]:
-            columns = select_tokens(
-                scores, n, mask, keep_first=cfg.keep_first, keep_last=cfg.keep_last
-            )
-            h, mask, positions = gather_tokens((h, mask, positions), columns)
-        selects_next = i + 1 < len(counts) and counts[i + 1] < n
-        values = value_fn(i, h) if selects_next and cfg.variant is AccVariant.VALUE_NORM else None
-        h, probs = run_layer(i, h, mask, positions, selects_next)
-        if selects_next:
-            scores = acc_scores(
-                probs,
-                mask,
-                values=values,
-                causal_positions=positions if cfg.causal else None,
-            )
-    return h, mask, positions, counts
+    layer_fn: LayerFn, h: Float[Array, "b t d"], mask: Int[Array, "b t"], schedule: KeepSchedule
+) -> tuple[StackState, tuple[int, ...]]:
+    """The whole stack through the shared runner, ACC selecting tokens between layers."""
+    counts = schedule.counts(mask.shape[1])
+    state, _ = run_stack(
+        layer_fn, StackState.start(h, mask), 0, len(counts), counts, AccSelector(schedule)
+    )
+    return state, counts
 
 
 def acc_classify(
@@ -105,22 +82,12 @@ def acc_classify(
     encoder.check_inputs(input_ids, attention_mask, token_type_ids)
     h = encoder.embed(input_ids, token_type_ids, rngs=rngs)
 
-    def run_layer(i, h, mask, positions, want_probs):
-        out = encoder.run_layers(h, mask, i, i + 1, output_attentions=want_probs, rngs=rngs)
-        return out.last_hidden_state, (out.attentions[0] if want_probs else None)
-
-    def value_fn(i, h):
-        attention = encoder.layers[i].attention
-        return attention._split(attention.value(h))
-
-    h, mask, positions, counts = _prune_stack(
-        run_layer, value_fn, h, attention_mask, schedule, rngs
-    )
-    logits = model.classify(h, rngs=rngs)
+    state, counts = _prune_stack(encoder.layer_fn(rngs=rngs), h, attention_mask, schedule)
+    logits = model.classify(state.h, rngs=rngs)
     return PrunedOutput(
-        last_hidden_state=h,
-        attention_mask=mask,
-        positions=positions,
+        last_hidden_state=state.h,
+        attention_mask=state.mask,
+        positions=state.positions,
         logits=logits,
         counts=counts,
     )
@@ -146,22 +113,26 @@ def acc_t5_encode(
     model.check_inputs(input_ids, attention_mask)
     h = model.embed(input_ids, rngs=rngs)
 
-    def run_layer(i, h, mask, positions, want_probs):
+    def layer_fn(i, state, want_probs, want_values):
         out = encoder.run_layers(
-            h, mask, i, i + 1, positions=positions, output_attentions=want_probs, rngs=rngs
+            state.h,
+            state.mask,
+            i,
+            i + 1,
+            positions=state.positions,
+            output_attentions=want_probs,
+            rngs=rngs,
         )
-        return out.last_hidden_state, (out.attentions[0] if want_probs else None)
+        values = None
+        if want_values:
+            layer = encoder.layers[i]
+            values = layer.attention.values(layer.attention_norm(state.h))
+        return out.last_hidden_state, (out.attentions[0] if want_probs else None), values
 
-    def value_fn(i, h):
-        layer = encoder.layers[i]
-        return layer.attention._split(layer.attention.value(layer.attention_norm(h)))
-
-    h, mask, positions, counts = _prune_stack(
-        run_layer, value_fn, h, attention_mask, schedule, rngs
-    )
+    state, counts = _prune_stack(layer_fn, h, attention_mask, schedule)
     return PrunedOutput(
-        last_hidden_state=encoder.finish(h, rngs=rngs),
-        attention_mask=mask,
-        positions=positions,
+        last_hidden_state=encoder.finish(state.h, rngs=rngs),
+        attention_mask=state.mask,
+        positions=state.positions,
         counts=counts,
     )

@@ -1,0 +1,99 @@
+"""The tier loop every cascade runs: tier k + 1 only on the rows tier k could not answer.
+
+Tier 0 runs on the whole batch; each later tier runs through the compaction core on the
+smallest bucket holding the escalated rows (an empty bucket runs nothing). A tier is a
+traced function `(inputs, valid) -> TierResult`; the loop keeps, per example, the answer of
+the tier that accepted it and each tier's score and extra fields.
+
+Shape names: b rows, c classes, K tiers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+from elang_jax.core import compact_apply
+
+
+@dataclasses.dataclass(frozen=True)
+class TierResult:
+    """One tier's answer on the rows it ran.
+
+    Attributes:
+      logits: [n c] float32.
+      score: [n] float32 cascade confidence (higher = keep the answer).
+      extra: per-row fields reported per tier (e.g. exit index, layers run).
+    """
+
+    logits: Float[Array, "n c"]
+    score: Float[Array, " n"]
+    extra: Mapping[str, Array] = dataclasses.field(default_factory=dict)
+
+
+TierFn = Callable[[Any, Bool[Array, " n"]], TierResult]
+
+
+def cascade_loop(
+    tiers: Sequence[TierFn],
+    inputs: Sequence[Any],
+    valid: Bool[Array, " b"],
+    thresholds: Float[Array, " K"],
+    buckets: tuple[int, ...],
+    fills: Mapping[str, int] | None = None,
+) -> dict[str, Array]:
+    """Runs the cascade (traced).
+
+    Args:
+      tiers: K tier functions, cheapest first.
+      inputs: K per-row input pytrees (tiers may tokenize differently).
+      valid: [b] real rows; padding rows never escalate.
+      thresholds: [K] tier k keeps its answer when score >= thresholds[k]; the last entry
+        is ignored (the last tier always answers).
+      buckets: static bucket sizes for this batch.
+      fills: for each extra field, its value where a tier did not run.
+
+    Returns:
+      predictions [b], tier [b], logits [b c], scores [b K] (NaN where a tier did not
+      run), and each extra field as [b K].
+    """
+    fills = dict(fills or {})
+    n = len(tiers)
+    first = tiers[0](inputs[0], valid)
+    b = first.logits.shape[0]
+    state: dict[str, Array] = dict(
+        predictions=jnp.argmax(first.logits, -1).astype(jnp.int32),
+        tier=jnp.zeros((b,), jnp.int32),
+        logits=first.logits,
+        scores=jnp.full((b, n), jnp.nan, jnp.float32).at[:, 0].set(first.score),
+        done=(first.score >= thresholds[0]) | ~valid,
+    )
+    for key, fill in fills.items():
+        column = jnp.where(valid, first.extra[key], fill)
+        state[key] = jnp.full((b, n), fill, column.dtype).at[:, 0].set(column)
+    for k in range(1, n):
+
+        def escalated(rows, row_valid, k=k):
+            out = tiers[k](rows["inputs"], row_valid)
+            accept = jnp.ones_like(out.score, bool) if k == n - 1 else out.score >= thresholds[k]
+            new = dict(
+                predictions=jnp.argmax(out.logits, -1).astype(jnp.int32),
+                tier=jnp.full(out.score.shape, k, jnp.int32),
+                logits=out.logits,
+                scores=rows["scores"].at[:, k].set(out.score),
+                done=accept,
+            )
+            for key in fills:
+                new[key] = rows[key].at[:, k].set(out.extra[key])
+            return new
+
+        keep = {key: state[key] for key in ("scores", *fills)}
+        state, _ = compact_apply(
+            escalated, ~state["done"], dict(inputs=inputs[k], **keep), state, buckets
+        )
+    state.pop("done")
+    return state
