@@ -60,11 +60,11 @@ def demo_config(args: argparse.Namespace):
     """The `DemoConfig` of parsed `elang-jax demo` arguments."""
     from elang_jax.demo import DemoConfig
 
-    overrides = {}
+    overrides: dict = {}
     if args.cache_dir is not None:
         overrides["cache_dir"] = args.cache_dir
     if args.timing_rounds is not None:
-        overrides["timing_rounds"] = args.timing_rounds
+        overrides["eval"] = {"timing_rounds": args.timing_rounds}
     if args.no_progress:
         overrides["progress"] = False
     preset = DemoConfig.quick if args.quick else DemoConfig.full

@@ -364,6 +364,21 @@ def test_tfds_builder_matches_tsv(tmp_path):
     assert by_name[5]["sentence"].decode() == dev.text_a[5]
 
 
+def test_tfds_data_source_reads_what_the_tsvs_hold(tmp_path):
+    # Built on first use into the data directory, then read with as_data_source().
+    for split in ("train", "dev", "test"):
+        got = data.load_glue("rte", split, data.DataSource.TFDS, tmp_path)
+        want = data.read_glue("rte", split)
+        assert got.text_a == want.text_a and got.text_b == want.text_b, split
+        if want.labels is None:
+            assert got.labels is None
+        else:
+            np.testing.assert_array_equal(got.labels, want.labels)
+    assert (tmp_path / "glue_tfds" / "rte").is_dir()
+    with pytest.raises(ValueError, match="source must be one of"):
+        data.load_glue("rte", "dev", "csv")
+
+
 def test_sentence_holdout_removes_phrases_of_held_sentences():
     texts = [
         "a fine film , with a strong cast",  # sentence

@@ -21,6 +21,7 @@ from elang_jax.demo import (
     TASKS,
     DemoConfig,
     DemoError,
+    MoESection,
     format_table,
     make_row,
     read_eval_file,
@@ -69,17 +70,17 @@ def test_presets_are_valid_and_distinct(tokenizer_dir):
     full, quick = DemoConfig.full(), DemoConfig.quick()
     tiny = DemoConfig.tiny(tokenizer_dir)
     assert full.task == quick.task == tiny.task == "sst2"
-    assert quick.train_examples < full.train_examples
-    assert full.holdout_kind is data.HoldoutKind.SENTENCES
+    assert quick.finetune.train_examples < full.finetune.train_examples
+    assert full.calibration.holdout_kind is data.HoldoutKind.SENTENCES
     # Recipes never share a cache directory by default.
     assert full.cache_path != quick.cache_path
     assert full.cache_path.name == "sst2"
     for task in TASKS:
         cfg = DemoConfig.full(task)
-        assert cfg.max_length <= cfg.eval_buckets[-1]
-    assert DemoConfig.full("mrpc").holdout_kind is data.HoldoutKind.RANDOM
-    assert DemoConfig.full().moe_top_k == (2,)
-    assert DemoConfig.full(moe_active=(0.25, 0.5)).moe_top_k == (4, 2)
+        assert cfg.max_length <= cfg.eval.buckets[-1]
+    assert DemoConfig.full("mrpc").calibration.holdout_kind is data.HoldoutKind.RANDOM
+    assert DemoConfig.full().moe.top_k == (2,)
+    assert DemoConfig.full(moe=dict(active=(0.25, 0.5))).moe.top_k == (4, 2)
     json.dumps(tiny.to_json())
 
 
@@ -89,19 +90,51 @@ def test_presets_are_valid_and_distinct(tokenizer_dir):
         (dict(task="cola"), "unknown task 'cola'"),
         (dict(task="qnli"), "training split is not shipped"),
         (dict(task="mrpc"), "sentence-pair task"),
-        (dict(epsilon=2.0), "epsilon"),
-        (dict(eval_buckets=(64, 32)), "ascending"),
+        (dict(calibration=dict(epsilon=2.0)), "epsilon"),
+        (dict(eval=dict(buckets=(64, 32))), "ascending"),
         (dict(max_length=128), "must hold"),
-        (dict(timing_rounds=0), "timing_rounds"),
-        (dict(acc_targets=(0.5,)), "acc_targets"),
-        (dict(moe_active=(0.05,)), "at least one"),
+        (dict(eval=dict(timing_rounds=0)), "timing_rounds"),
+        (dict(pruning=dict(acc_targets=(0.5,))), "acc_targets"),
+        (dict(moe=dict(active=(0.05,))), "at least one"),
         (dict(model_dir="/x", model_config=object()), "not both"),
-        (dict(exit_pooling="max"), "exit_pooling"),
+        (dict(exits=dict(exit_pooling="max")), "exit_pooling"),
     ],
 )
 def test_config_validation(kw, match):
     with pytest.raises(DemoError, match=match):
         DemoConfig(**kw)
+
+
+def test_sections_nest_merge_and_keep_the_flat_names_of_cache_keys():
+    full = DemoConfig.full()
+    nested = full.to_json()
+    assert nested["eval"]["timing_rounds"] == 3 and nested["moe"]["active"] == [0.25]
+    assert nested["calibration"]["holdout_kind"] == "sentences"
+    json.dumps(nested)
+    # A mapping changes only the fields it names; the original config is left as it was.
+    more = full.replace(moe={"experts": 16})
+    assert more.moe.experts == 16 and more.moe.active == full.moe.active
+    assert full.moe.experts == 8
+    assert DemoConfig(moe=MoESection(experts=16)) == DemoConfig(moe={"experts": 16})
+    with pytest.raises(DemoError, match=r"moe has no field\(s\) \['moe_experts'\]"):
+        full.replace(moe={"moe_experts": 16})
+    with pytest.raises(DemoError, match=r"finetune\.batch_size must be >= 1, got batch_size=0"):
+        DemoConfig(finetune={"batch_size": 0})
+    # The cache keys hash the names of the single-level config the sections replaced.
+    flat = full.flat_json()
+    assert set(flat) == {
+        *("task", "preset", "cache_dir", "model_dir", "model_config", "tokenizer_dir"),
+        *("swift_layers", "train_examples", "epochs", "batch_size", "learning_rate"),
+        *("warmup_ratio", "max_length", "train_buckets", "save_every", "holdout"),
+        *("holdout_kind", "holdout_seed", "epsilon", "eval_buckets", "eval_batch_size"),
+        *("eval_limit", "timing_rounds", "timing_batches", "cascade_buckets"),
+        *("exit_train_examples", "exit_epochs", "exit_pooling", "exit_buckets"),
+        *("acc_variant", "acc_targets", "compose_acc_targets", "compose_grid"),
+        *("moe_experts", "moe_active", "moe_train_examples", "moe_max_tokens"),
+        *("moe_router_epochs", "seed", "progress"),
+    }
+    assert flat["train_buckets"] == [8, 16, 24, 32, 48, 64] and flat["eval_limit"] is None
+    assert flat["compose_acc_targets"] == [1.25, 1.5, 1.75] and flat["exit_pooling"] == "mean"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,7 +226,7 @@ def test_cli_parsing(tmp_path):
         ]
     )
     config = demo_config(args)
-    assert config.preset == "quick" and config.task == "mrpc" and config.timing_rounds == 3
+    assert config.preset == "quick" and config.task == "mrpc" and config.eval.timing_rounds == 3
     assert config.cache_path == tmp_path and not config.progress
     assert args.out == str(tmp_path / "out") and args.eval_file == "x.tsv"
     with pytest.raises(SystemExit):

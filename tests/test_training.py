@@ -19,6 +19,7 @@ from flax import nnx
 from safetensors.numpy import load_file
 
 from elang_jax import data, training
+from elang_jax.cascade import DarConfig, DifficultyAwareLoss
 from elang_jax.hf import from_pretrained
 from elang_jax.models import BertForSequenceClassification
 from elang_jax.training import _finetune
@@ -159,6 +160,16 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(
     expected, got = _final_tensors(full), _final_tensors(tmp_path)
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_max_minutes_stops_early_saves_and_exports(tokenizer_dir, full_run, tmp_path):
+    # Same step settings as the reference run: its compiled step is reused.
+    config = _run_config(tokenizer_dir).replace(max_minutes=1e-9)
+    metrics = training.train_and_evaluate(config, tmp_path)
+    assert metrics["step"] == 1
+    assert (tmp_path / "final" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+    assert _records(tmp_path)[-1]["stopped_early"]
 
 
 def test_resume_refuses_different_settings(tokenizer_dir, full_run):
@@ -335,14 +346,85 @@ def test_holdout_difficulty_labels_and_dar_training(tokenizer_dir, tmp_path):
     hard = training.difficulty_labels(preds, labels)
     np.testing.assert_array_equal(hard, (preds != labels).any(0))
     np.save(tmp_path / "hard.npy", hard)
-    dar = small.replace(difficulty_file=str(tmp_path / "hard.npy"), dar_weight=1.0)
-    metrics = training.train_and_evaluate(dar, tmp_path / "dar")
+    dar = DifficultyAwareLoss(DarConfig(difficulty_file=tmp_path / "hard.npy", weight=1.0))
+    metrics = training.train_and_evaluate(small, tmp_path / "dar", loss=dar)
     assert metrics["step"] == 6
     np.save(tmp_path / "bad.npy", hard[:10])
     with pytest.raises(ValueError, match=r"must hold \[48\] bool flags"):
         training.train_and_evaluate(
-            small.replace(difficulty_file=str(tmp_path / "bad.npy")), tmp_path / "bad"
+            small,
+            tmp_path / "bad",
+            loss=DifficultyAwareLoss(DarConfig(difficulty_file=tmp_path / "bad.npy")),
         )
+
+
+def test_training_reads_tfds_like_the_tsvs(tokenizer_dir, tmp_path):
+    """GLUE through the TFDS builder end to end: build the ArrayRecord dataset into a data
+    directory, read it with as_data_source(), train two steps: the same parameters as from
+    the TSVs."""
+    config = _config(tokenizer_dir, task="rte", max_steps=2, save_every=0)
+    tfds_config = config.replace(data_source="tfds", data_dir=str(tmp_path / "tfds"))
+    from_tsv = training.train_and_evaluate(config, tmp_path / "tsv")
+    from_tfds = training.train_and_evaluate(tfds_config, tmp_path / "tfds_run")
+    assert (tmp_path / "tfds" / "glue_tfds" / "rte").is_dir()
+    assert from_tfds["step"] == 2 and from_tfds == from_tsv
+    expected, got = _final_tensors(tmp_path / "tsv"), _final_tensors(tmp_path / "tfds_run")
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    # The source is not a trajectory setting: a run resumes whichever source it reads.
+    assert training.run_settings(config) == training.run_settings(tfds_config)
+
+
+def test_loss_hook_settings_are_recorded_and_checked_on_resume(tokenizer_dir, tmp_path):
+    config = _config(tokenizer_dir, max_steps=2, save_every=1)
+    np.save(tmp_path / "hard.npy", np.zeros(48, bool))
+    dar = DifficultyAwareLoss(DarConfig(difficulty_file=tmp_path / "hard.npy"))
+    training.train_and_evaluate(config, tmp_path / "run", loss=dar)
+    stored = training.stored_run_settings(tmp_path / "run")
+    assert stored == training.run_settings(config, loss=dar)
+    assert stored is not None and stored["loss"]["name"] == "cascadebert_dar"
+    # Resuming without the hook (or with another one) is refused.
+    with pytest.raises(ValueError, match="different settings.*loss"):
+        training.train_and_evaluate(config.replace(max_steps=3), tmp_path / "run")
+    # A config.json written before the hooks (DAR as three config fields) reads the same.
+    legacy = {
+        **training.run_settings(config),
+        "difficulty_file": str(tmp_path / "hard.npy"),
+        "dar_weight": 0.5,
+        "dar_margin": 0.5,
+    }
+    (tmp_path / "legacy").mkdir()
+    (tmp_path / "legacy" / "config.json").write_text(json.dumps(legacy))
+    assert training.stored_run_settings(tmp_path / "legacy") == stored
+
+
+def _script(name: str):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "train" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"train_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_scripts_build_configs_and_hooks(tmp_path):
+    glue = _script("finetune_glue")
+    argv = ["--task", "rte", "--workdir", str(tmp_path), "--model-dir", str(tmp_path)]
+    args = glue.parse_args([*argv, "--data-source", "tfds", "--data-dir", str(tmp_path)])
+    config = glue.build_config(args)
+    assert config.data_source is data.DataSource.TFDS and config.data_dir == str(tmp_path)
+    assert glue.build_loss(args) is None
+    args = glue.parse_args([*argv, "--difficulty-file", "hard.npy", "--dar-weight", "1.0"])
+    assert glue.build_loss(args) == DifficultyAwareLoss(
+        DarConfig(difficulty_file="hard.npy", weight=1.0)
+    )
+    with pytest.raises(SystemExit):
+        glue.build_loss(glue.parse_args([*argv, "--dar-margin", "0.2"]))
+    acc = _script("finetune_acc")
+    args = acc.parse_args(["--workdir", str(tmp_path), "--model-dir", str(tmp_path)])
+    assert acc.build_config(args).max_minutes is None
 
 
 def test_bf16_compute_trains_with_float32_parameters(tokenizer_dir, tmp_path):

@@ -9,6 +9,15 @@ Usage (from the repository root)::
     PYTHONPATH=. python train/finetune_glue.py --task mrpc --workdir /tmp/ft_mrpc \
         --epochs 3 --batch-size 32 --lr 5e-5 --max-steps 200
 
+    # The same examples through tensorflow-datasets (the glue_tfds ArrayRecord dataset, built
+    # into --data-dir on first use, read with as_data_source()):
+    PYTHONPATH=. python train/finetune_glue.py --task rte --workdir /tmp/ft_rte \
+        --data-source tfds --data-dir /tmp/tfds
+
+    # CascadeBERT's difficulty-aware loss (hard flags from train/difficulty_labels.py):
+    PYTHONPATH=. python train/finetune_glue.py --task sst2 --preset sst2_minilm \
+        --num-layers 2 --difficulty-file runs/hard.npy --workdir /tmp/ft_swift_dar
+
 Re-running with the same --workdir resumes from its latest checkpoint; Ctrl-C saves one.
 Outputs: <workdir>/metrics.jsonl, <workdir>/checkpoints/, <workdir>/final/ (a Hugging Face
 directory with the tokenizer).
@@ -21,7 +30,8 @@ import json
 import logging
 import sys
 
-from elang_jax import training
+from elang_jax import data, training
+from elang_jax.cascade import DarConfig, DifficultyAwareLoss
 
 PRESETS = {"sst2_minilm": training.sst2_minilm}
 
@@ -48,8 +58,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--num-layers", type=int, help="keep only the checkpoint's first N layers")
     p.add_argument("--difficulty-file", help="hard flags (.npy) for CascadeBERT's DAR loss")
-    p.add_argument("--dar-weight", type=float)
-    p.add_argument("--dar-margin", type=float)
+    p.add_argument("--dar-weight", type=float, help="DAR weight (lambda; default 0.5)")
+    p.add_argument("--dar-margin", type=float, help="DAR margin (default 0.5)")
+    p.add_argument(
+        "--data-source",
+        choices=[s.value for s in data.DataSource],
+        help="GLUE from the shipped TSVs (default) or the glue_tfds TFDS dataset",
+    )
+    p.add_argument("--data-dir", help="TFDS data directory (default: <elang_jax cache>/tfds)")
     p.add_argument("--save-every", type=int)
     p.add_argument("--keep-checkpoints", type=int)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -71,9 +87,8 @@ def build_config(args: argparse.Namespace) -> training.FinetuneConfig:
         "holdout_seed": args.holdout_seed,
         "holdout_kind": args.holdout_kind,
         "num_layers": args.num_layers,
-        "difficulty_file": args.difficulty_file,
-        "dar_weight": args.dar_weight,
-        "dar_margin": args.dar_margin,
+        "data_source": args.data_source,
+        "data_dir": args.data_dir,
         "save_every": args.save_every,
         "keep_checkpoints": args.keep_checkpoints,
     }
@@ -94,6 +109,21 @@ def build_config(args: argparse.Namespace) -> training.FinetuneConfig:
     return training.FinetuneConfig(task=args.task, **overrides)
 
 
+def build_loss(args: argparse.Namespace) -> DifficultyAwareLoss | None:
+    """The loss hook: CascadeBERT's DAR with --difficulty-file, else None (cross-entropy)."""
+    if args.difficulty_file is None:
+        if args.dar_weight is not None or args.dar_margin is not None:
+            raise SystemExit("--dar-weight and --dar-margin need --difficulty-file")
+        return None
+    settings = {"weight": args.dar_weight, "margin": args.dar_margin}
+    return DifficultyAwareLoss(
+        DarConfig(
+            difficulty_file=args.difficulty_file,
+            **{k: v for k, v in settings.items() if v is not None},
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # force: importing jax/orbax has already given the root logger a handler.
@@ -102,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     # orbax logs every file it writes through absl at INFO.
     logging.getLogger("absl").setLevel(logging.WARNING)
-    config = build_config(args)
-    print(json.dumps(config.to_json(), indent=2), flush=True)
-    metrics = training.train_and_evaluate(config, args.workdir)
+    config, loss = build_config(args), build_loss(args)
+    described = {**config.to_json(), "loss": None if loss is None else loss.to_json()}
+    print(json.dumps(described, indent=2), flush=True)
+    metrics = training.train_and_evaluate(config, args.workdir, loss=loss)
     print(json.dumps(metrics, indent=2), flush=True)
     return 0
 

@@ -1,7 +1,12 @@
 """Model cascades (E-LANG, TangoBERT, CascadeBERT) over the compaction core."""
 
 from elang_jax.cascade._cascade import Cascade, CascadeOutput, Tier, TierConfig, dataset_logits
-from elang_jax.cascade._dar import cascadebert_loss, difficulty_ranking_loss
+from elang_jax.cascade._dar import (
+    DarConfig,
+    DifficultyAwareLoss,
+    cascadebert_loss,
+    difficulty_ranking_loss,
+)
 from elang_jax.cascade._operating_points import (
     calibrate_thresholds,
     calibrate_two_tier,
@@ -37,6 +42,8 @@ __all__ = [
     "calibrate_thresholds",
     "calibrate_two_tier",
     "dataset_logits",
+    "DarConfig",
+    "DifficultyAwareLoss",
     "cascadebert_loss",
     "difficulty_ranking_loss",
     "cascade_candidates",

@@ -11,7 +11,12 @@ Typical evaluation pipeline::
     for batch in data.iterate_batches(encoded, 32, buckets, shuffle=False, sort_by_length=True):
         ...  # batch.input_ids: [32, t] with t in buckets.lengths
 
-The TFDS names (`GlueTfds`, `build_glue_tfds`) import tensorflow-datasets on first use only.
+The same examples can come through tensorflow-datasets instead of the TSVs::
+
+    train = data.load_glue("rte", "train", data.DataSource.TFDS, data_dir="/tmp/tfds")
+
+The TFDS names (`GlueTfds`, `build_glue_tfds`, and `read_glue_tfds` when called) import
+tensorflow-datasets on first use only.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -34,6 +39,9 @@ from elang_jax.data._glue import (
     glue_file,
     read_glue,
 )
+
+# Where examples come from: the shipped TSVs or the TFDS dataset.
+from elang_jax.data._source import DataSource, default_tfds_dir, load_glue, read_glue_tfds
 
 # Held-out calibration splits.
 from elang_jax.data._splits import (
@@ -75,6 +83,11 @@ __all__ = [
     "get_glue_task",
     "glue_file",
     "read_glue",
+    # Sources
+    "DataSource",
+    "default_tfds_dir",
+    "load_glue",
+    "read_glue_tfds",
     # Splits
     "HoldoutKind",
     "calibration_split",

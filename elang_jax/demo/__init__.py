@@ -12,10 +12,25 @@ Typical use::
 
     result = demo.run_demo(demo.DemoConfig.full("sst2"), out_dir="/tmp/demo")
     result.rows  # one dict per method
+
+    # Sections are changed as mappings of the fields that differ:
+    demo.DemoConfig.quick("mrpc", moe={"experts": 16}, eval={"timing_rounds": 5})
 """
 
-# Configuration and presets.
-from elang_jax.demo._config import TASKS, DemoConfig, DemoError
+# Configuration, its sections and presets.
+from elang_jax.demo._config import (
+    TASKS,
+    CalibrationSection,
+    CascadeSection,
+    ComposeSection,
+    DemoConfig,
+    DemoError,
+    EvalSection,
+    ExitsSection,
+    FinetuneSection,
+    MoESection,
+    PruningSection,
+)
 
 # Data, including a user's own evaluation file.
 from elang_jax.demo._data import DemoData, load_data, read_eval_file
@@ -43,6 +58,14 @@ __all__ = [
     "TASKS",
     "DemoConfig",
     "DemoError",
+    "CalibrationSection",
+    "CascadeSection",
+    "ComposeSection",
+    "EvalSection",
+    "ExitsSection",
+    "FinetuneSection",
+    "MoESection",
+    "PruningSection",
     # Data
     "DemoData",
     "load_data",

@@ -1,4 +1,24 @@
-"""What the demo runs: one frozen, validated dataclass and its presets (full, quick, tiny).
+"""What the demo runs: one frozen, validated dataclass of per-method sections, and its presets.
+
+`DemoConfig` holds what every stage shares (task, models, max_length, seed) and one small
+frozen section per stage or method:
+
+| section       | class                | what it sets                                          |
+|---------------|----------------------|-------------------------------------------------------|
+| `finetune`    | `FinetuneSection`    | how Super and Swift are fine-tuned                    |
+| `calibration` | `CalibrationSection` | the held-out calibration split and the accuracy target|
+| `eval`        | `EvalSection`        | evaluation batches and the timing                     |
+| `cascade`     | `CascadeSection`     | the E-LANG and TangoBERT cascades                     |
+| `exits`       | `ExitsSection`       | the multi-exit model (exit heads)                     |
+| `pruning`     | `PruningSection`     | ACC token pruning                                     |
+| `moe`         | `MoESection`         | MoEfication                                           |
+| `compose`     | `ComposeSection`     | the composed system (exits + ACC at once)             |
+
+Each section validates itself on construction (errors name the field and its value). A
+section may be given as a mapping of the fields that differ from its defaults::
+
+    DemoConfig.full("sst2", moe={"active": (0.25, 0.5)}, eval={"timing_rounds": 5})
+    config.replace(pruning={"acc_targets": (1.5,)})  # the rest of config.pruning kept
 
 The fine-tuning recipe is deliberately small. The `sst2_minilm` training preset reaches
 89.3% SST-2 dev accuracy in about 50 minutes on 2 CPU cores; the demo must finish its first
@@ -10,20 +30,33 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from elang_jax.data import GLUE_TASKS, HoldoutKind
+from elang_jax.demo._sections import (
+    SECTIONS,
+    CalibrationSection,
+    CascadeSection,
+    ComposeSection,
+    DemoError,
+    EvalSection,
+    ExitsSection,
+    FinetuneSection,
+    MoESection,
+    PruningSection,
+    as_section,
+)
 from elang_jax.models import BertConfig
-from elang_jax.pruning import AccVariant
 from elang_jax.training import config_json
 
 # The tasks the demo supports: GLUE tasks whose training split ships with the package.
 TASKS = ("sst2", "mrpc", "rte")
 
 
-class DemoError(ValueError):
-    """Bad input to the demo (unknown task, unreadable evaluation file, bad settings)."""
+# ----------------------------------------------------------------------------------------------
+# The config
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,50 +76,20 @@ class DemoConfig:
       tokenizer_dir: tokenizer directory; None: `model_dir`'s.
       swift_layers: Swift keeps the first `swift_layers` layers of the checkpoint; Super
         keeps all of them.
-      train_examples: fine-tune on the first this many training examples left after the
-        calibration holdout (GLUE's training files are shuffled, so this is a random
-        sample); None: all of them.
-      epochs: passes over them.
-      batch_size: training batch size.
-      learning_rate: peak AdamW learning rate (linear warmup, linear decay).
-      warmup_ratio: share of the steps spent warming up.
-      max_length: longest example in tokens (longer ones are truncated).
-      train_buckets: padded lengths of training batches (each compiles a train step).
-      save_every: checkpoint every this many steps: what a Ctrl-C can lose at most.
-      holdout: calibration examples held out of the training split (never trained on).
-      holdout_kind: `HoldoutKind.SENTENCES` for SST-2, whose training split holds every
-        phrase of its sentences; `RANDOM` for pair tasks.
-      holdout_seed: seed of the holdout.
-      epsilon: calibration target: accuracy at most this far below Super's on the
-        calibration split (0.005 = half a point).
-      eval_buckets: padded lengths of evaluation and timing batches.
-      eval_batch_size: rows per evaluation and timing batch.
-      eval_limit: evaluate on the first this many dev examples only; None: all.
-      timing_rounds: interleaved timing rounds (the median is reported).
-      timing_batches: time on this many of the split's batches, evenly spread over the
-        length-sorted batches (so every length bucket is represented); None: all of them.
-        Accuracy and FLOPs always cover the whole split.
-      cascade_buckets: the cascade packs escalated inputs into buckets of b/n, 2b/n, ...,
-        b rows (plus the empty bucket) for n = this.
-      exit_train_examples: training examples the exit heads are trained on (frozen
-        backbone, DeeBERT's second stage).
-      exit_epochs: epochs of exit-head training.
-      exit_pooling: what the exit heads read: "mean" over tokens or "cls".
-      exit_buckets: like `cascade_buckets`, for the examples still running after each exit.
-      acc_variant: ACC scoring (`AccVariant`).
-      acc_targets: predicted FLOP speed-ups of the candidate keep schedules.
-      compose_acc_targets: the composed system (Super exiting early and pruning tokens,
-        `elang_jax.compose`): predicted FLOP speed-ups of the keep schedules it tries;
-        each costs one pass over the calibration split.
-      compose_grid: candidate exit thresholds per keep schedule of the composed system.
-      moe_experts: experts per FFN for MoEfication.
-      moe_active: candidate shares of experts run per token; calibration takes the cheapest
-        meeting the target (or the most accurate). One value fixes it.
-      moe_train_examples: training examples whose FFN inputs train the routers.
-      moe_max_tokens: FFN inputs kept per layer for router training.
-      moe_router_epochs: router training epochs.
+      max_length: longest example in tokens (longer ones are truncated), in training and
+        evaluation alike.
       seed: seed of every sampled subset and every trained head.
       progress: progress bars (drawn on a terminal only).
+      finetune: fine-tuning Super and Swift (`FinetuneSection`).
+      calibration: the calibration split and target (`CalibrationSection`).
+      eval: evaluation and timing (`EvalSection`).
+      cascade: the cascades (`CascadeSection`).
+      exits: the multi-exit model (`ExitsSection`).
+      pruning: ACC token pruning (`PruningSection`).
+      moe: MoEfication (`MoESection`).
+      compose: the composed system (`ComposeSection`).
+
+    A section may be given as a mapping of the fields that differ from its defaults.
     """
 
     task: str = "sst2"
@@ -96,41 +99,21 @@ class DemoConfig:
     model_config: BertConfig | None = None
     tokenizer_dir: str | None = None
     swift_layers: int = 2
-    train_examples: int | None = 16000
-    epochs: float = 1.0
-    batch_size: int = 32
-    learning_rate: float = 2e-4
-    warmup_ratio: float = 0.1
     max_length: int = 64
-    train_buckets: tuple[int, ...] = (8, 16, 24, 32, 48, 64)
-    save_every: int = 50
-    holdout: int = 1500
-    holdout_kind: HoldoutKind = HoldoutKind.SENTENCES
-    holdout_seed: int = 0
-    epsilon: float = 0.005
-    eval_buckets: tuple[int, ...] = (16, 32, 64)
-    eval_batch_size: int = 64
-    eval_limit: int | None = None
-    timing_rounds: int = 3
-    timing_batches: int | None = 3
-    cascade_buckets: int = 4
-    exit_train_examples: int = 8000
-    exit_epochs: float = 4.0
-    exit_pooling: str = "mean"
-    exit_buckets: int = 4
-    acc_variant: AccVariant = AccVariant.ATTENTION
-    acc_targets: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.5)
-    compose_acc_targets: tuple[float, ...] = (1.25, 1.5, 1.75)
-    compose_grid: int = 24
-    moe_experts: int = 8
-    moe_active: tuple[float, ...] = (0.25,)
-    moe_train_examples: int = 4000
-    moe_max_tokens: int = 40000
-    moe_router_epochs: int = 20
     seed: int = 0
     progress: bool = True
+    finetune: FinetuneSection = dataclasses.field(default_factory=FinetuneSection)
+    calibration: CalibrationSection = dataclasses.field(default_factory=CalibrationSection)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    cascade: CascadeSection = dataclasses.field(default_factory=CascadeSection)
+    exits: ExitsSection = dataclasses.field(default_factory=ExitsSection)
+    pruning: PruningSection = dataclasses.field(default_factory=PruningSection)
+    moe: MoESection = dataclasses.field(default_factory=MoESection)
+    compose: ComposeSection = dataclasses.field(default_factory=ComposeSection)
 
     def __post_init__(self):
+        for name in SECTIONS:
+            object.__setattr__(self, name, as_section(name, getattr(self, name)))
         if self.task not in TASKS:
             known = "" if self.task not in GLUE_TASKS else " (its training split is not shipped)"
             raise DemoError(f"unknown task {self.task!r}{known}; the demo runs {', '.join(TASKS)}")
@@ -142,81 +125,32 @@ class DemoConfig:
             raise DemoError("give model_dir or model_config, not both")
         if self.model_config is not None and self.tokenizer_dir is None:
             raise DemoError("a randomly initialised model (model_config) needs tokenizer_dir")
-        try:
-            object.__setattr__(self, "holdout_kind", HoldoutKind(self.holdout_kind))
-            object.__setattr__(self, "acc_variant", AccVariant(self.acc_variant))
-        except ValueError as e:
-            raise DemoError(str(e)) from None
-        if self.holdout_kind is HoldoutKind.SENTENCES and GLUE_TASKS[self.task].is_pair:
-            raise DemoError(f"{self.task} is a sentence-pair task: use holdout_kind='random'")
-        for name in (
-            "train_buckets",
-            "eval_buckets",
-            "acc_targets",
-            "compose_acc_targets",
-            "moe_active",
-        ):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("train_buckets", "eval_buckets"):
-            b = getattr(self, name)
-            if not b or any(x < 1 for x in b) or list(b) != sorted(set(b)):
-                raise DemoError(f"{name} must be ascending positive lengths, got {b}")
-            if b[-1] < self.max_length:
-                raise DemoError(f"the largest of {name}={b} must hold {self.max_length=}")
-        positive = (
-            "swift_layers",
-            "batch_size",
-            "max_length",
-            "save_every",
-            "holdout",
-            "eval_batch_size",
-            "timing_rounds",
-            "cascade_buckets",
-            "exit_train_examples",
-            "exit_buckets",
-            "compose_grid",
-            "moe_experts",
-            "moe_train_examples",
-            "moe_max_tokens",
-            "moe_router_epochs",
-        )
-        for name in positive:
+        if self.calibration.holdout_kind is HoldoutKind.SENTENCES and GLUE_TASKS[self.task].is_pair:
+            raise DemoError(
+                f"{self.task} is a sentence-pair task: use calibration.holdout_kind='random'"
+            )
+        for name in ("swift_layers", "max_length"):
             if getattr(self, name) < 1:
                 raise DemoError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
-        for name in ("train_examples", "eval_limit", "timing_batches"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise DemoError(f"{name} must be >= 1 or None, got {name}={value}")
-        if not self.epochs > 0 or not self.learning_rate > 0 or not self.exit_epochs > 0:
-            raise DemoError(
-                f"epochs, learning_rate and exit_epochs must be positive, got {self.epochs=} "
-                f"{self.learning_rate=} {self.exit_epochs=}"
-            )
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise DemoError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio=}")
-        if not 0.0 <= self.epsilon <= 1.0:
-            raise DemoError(f"epsilon must lie in [0, 1], got {self.epsilon=}")
-        if self.exit_pooling not in ("mean", "cls"):
-            raise DemoError(f"exit_pooling must be 'mean' or 'cls', got {self.exit_pooling!r}")
-        for name in ("acc_targets", "compose_acc_targets"):
-            targets = getattr(self, name)
-            if not targets or any(not x > 1.0 for x in targets):
-                raise DemoError(f"{name} must be speed-ups > 1, got {targets}")
-        if not self.moe_active or any(not 0.0 < x <= 1.0 for x in self.moe_active):
-            raise DemoError(f"moe_active must be shares in (0, 1], got {self.moe_active}")
-        if any(round(x * self.moe_experts) < 1 for x in self.moe_active):
-            raise DemoError(
-                f"every moe_active share must run at least one of {self.moe_experts} experts, "
-                f"got {self.moe_active}"
-            )
-        if self.seed < 0 or self.holdout_seed < 0:
-            raise DemoError(f"seeds must be >= 0, got {self.seed=} {self.holdout_seed=}")
+        for section in (self.finetune, self.eval):
+            if section.buckets[-1] < self.max_length:
+                raise DemoError(
+                    f"the largest of {section.NAME}.buckets={section.buckets} must hold "
+                    f"{self.max_length=}"
+                )
+        if self.seed < 0:
+            raise DemoError(f"seed must be >= 0, got {self.seed=}")
         if not self.preset or not self.preset.replace("_", "").replace("-", "").isalnum():
             raise DemoError(f"preset must be a short name, got {self.preset!r}")
 
     def replace(self, **kw: Any) -> DemoConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **kw)
+        """A copy with some fields changed (validated again); a section given as a mapping
+        changes only those of its fields, keeping this config's others."""
+        changes = {
+            name: as_section(name, value, base=getattr(self, name)) if name in SECTIONS else value
+            for name, value in kw.items()
+        }
+        return dataclasses.replace(self, **changes)
 
     @property
     def cache_path(self) -> Path:
@@ -228,14 +162,23 @@ class DemoConfig:
         name = self.task if self.preset == "full" else f"{self.task}-{self.preset}"
         return cache_dir() / "demo" / name
 
-    @property
-    def moe_top_k(self) -> tuple[int, ...]:
-        """Experts run per token for each `moe_active` share, most first (most conservative)."""
-        return tuple(sorted({round(a * self.moe_experts) for a in self.moe_active}, reverse=True))
-
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable description."""
+        """A JSON-serialisable description, one nested dict per section."""
         return config_json(self)
+
+    def flat_json(self) -> dict[str, Any]:
+        """`to_json()` flattened to the field names of the single-level config this one
+        replaced (`holdout`, `eval_buckets`, `exit_pooling`, `moe_active`, ...): what the
+        demo's cache keys hash, so that caches written before the sections keep matching.
+        A field added since gets the name `<section>_<field>`."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_json().items():
+            if key not in SECTIONS:
+                out[key] = value
+                continue
+            for field, v in value.items():
+                out[_FLAT_NAMES.get((key, field), f"{key}_{field}")] = v
+        return out
 
     # Presets ---------------------------------------------------------------------------------
 
@@ -259,103 +202,123 @@ class DemoConfig:
 
         MRPC, RTE: every training pair left after a random holdout, 2 epochs at 1e-4,
         128 tokens (not tuned).
+
+        Args:
+          task: one of `TASKS`.
+          **kw: fields to change; a section as a mapping changes only those of its fields.
         """
-        return cls(**{**_TASK_RECIPES.get(task, {}), "task": task, "preset": "full", **kw})
+        return cls._build(TASK_RECIPES.get(task, {}), dict(task=task, preset="full"), kw)
 
     @classmethod
     def quick(cls, task: str = "sst2", **kw: Any) -> DemoConfig:
         """A smoke run of the whole pipeline in a few minutes: everything much smaller, the
-        accuracies far from the full run's."""
-        base: dict[str, Any] = dict(
-            train_examples=800,
-            holdout=300,
-            eval_limit=256,
-            timing_rounds=2,
-            timing_batches=3,
-            exit_train_examples=800,
-            exit_epochs=2.0,
-            acc_targets=(1.5, 2.0),
-            compose_acc_targets=(1.5,),
-            compose_grid=12,
-            moe_train_examples=400,
-            moe_max_tokens=8000,
-            moe_router_epochs=5,
-            save_every=10,
-        )
-        recipe = _TASK_RECIPES.get(task, {})
+        accuracies far from the full run's (`QUICK`, over the task's recipe)."""
+        recipe = TASK_RECIPES.get(task, {})
         # Compiling dominates a run this small: one padded length, fewer compaction buckets.
         length = recipe.get("max_length", 64)
-        base.update(
-            train_buckets=(length,), eval_buckets=(length,), cascade_buckets=4, exit_buckets=4
-        )
-        return cls(**{**recipe, **base, "task": task, "preset": "quick", **kw})
+        one_length = dict(finetune=dict(buckets=(length,)), eval=dict(buckets=(length,)))
+        return cls._build(recipe, QUICK, one_length, dict(task=task, preset="quick"), kw)
 
     @classmethod
     def tiny(cls, tokenizer_dir: str | os.PathLike[str], **kw: Any) -> DemoConfig:
         """Seconds-long runs for tests: 2-layer (Super) and 1-layer (Swift) random 32-wide
-        BERTs with a real tokenizer, on a few dozen SST-2 examples."""
-        base: dict[str, Any] = dict(
-            task="sst2",
-            preset="tiny",
-            model_config=BertConfig.tiny(
-                vocab_size=30522, num_layers=2, intermediate_size=64, max_position_embeddings=64
-            ),
-            tokenizer_dir=os.fspath(tokenizer_dir),
-            swift_layers=1,
-            train_examples=48,
-            batch_size=16,
-            learning_rate=1e-3,
-            max_length=32,
-            train_buckets=(32,),
-            eval_buckets=(32,),
-            eval_batch_size=16,
-            eval_limit=32,
-            save_every=2,
-            holdout=24,
-            holdout_kind=HoldoutKind.RANDOM,
-            timing_rounds=1,
-            cascade_buckets=2,
-            exit_train_examples=32,
-            exit_epochs=1.0,
-            exit_buckets=2,
-            acc_targets=(1.5,),
-            compose_acc_targets=(1.5,),
-            compose_grid=4,
-            moe_experts=4,
-            moe_active=(0.5,),
-            moe_train_examples=16,
-            moe_max_tokens=256,
-            moe_router_epochs=1,
-            progress=False,
-        )
-        return cls(**{**base, **kw})
+        BERTs with a real tokenizer, on a few dozen SST-2 examples (`TINY`)."""
+        return cls._build(TINY, dict(tokenizer_dir=os.fspath(tokenizer_dir)), kw)
+
+    @classmethod
+    def _build(cls, *layers: Mapping[str, Any]) -> DemoConfig:
+        # Later layers win; a section given as a mapping merges into the earlier layers'
+        # mapping of that section, a section object replaces it. Built once at the end, so
+        # that no intermediate mix of layers needs to be a valid config.
+        merged: dict[str, Any] = {}
+        for layer in layers:
+            for name, value in layer.items():
+                if name in SECTIONS:
+                    if isinstance(value, SECTIONS[name]):
+                        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+                    merged[name] = {**merged.get(name, {}), **value}
+                else:
+                    merged[name] = value
+        return cls(**merged)
 
 
-# Per-task recipes of the full and quick presets (the dataclass defaults are SST-2's).
-_TASK_RECIPES: dict[str, dict[str, Any]] = {
+# (section, field) -> the name the field had in the single-level config (see `flat_json`);
+# fields not listed were named `<section>_<field>` already.
+_FLAT_NAMES: dict[tuple[str, str], str] = {
+    ("finetune", "train_examples"): "train_examples",
+    ("finetune", "epochs"): "epochs",
+    ("finetune", "batch_size"): "batch_size",
+    ("finetune", "learning_rate"): "learning_rate",
+    ("finetune", "warmup_ratio"): "warmup_ratio",
+    ("finetune", "buckets"): "train_buckets",
+    ("finetune", "save_every"): "save_every",
+    ("calibration", "holdout"): "holdout",
+    ("calibration", "holdout_kind"): "holdout_kind",
+    ("calibration", "holdout_seed"): "holdout_seed",
+    ("calibration", "epsilon"): "epsilon",
+    ("eval", "timing_rounds"): "timing_rounds",
+    ("eval", "timing_batches"): "timing_batches",
+    ("exits", "train_examples"): "exit_train_examples",
+    ("exits", "epochs"): "exit_epochs",
+    ("exits", "exit_pooling"): "exit_pooling",
+    ("exits", "exit_buckets"): "exit_buckets",
+    ("pruning", "acc_variant"): "acc_variant",
+    ("pruning", "acc_targets"): "acc_targets",
+    ("compose", "acc_targets"): "compose_acc_targets",
+}
+
+
+# Per-task recipes of the full and quick presets (the defaults are SST-2's).
+TASK_RECIPES: Mapping[str, Mapping[str, Any]] = {
     "sst2": {},
     "mrpc": dict(
-        train_examples=None,
-        epochs=2.0,
-        learning_rate=1e-4,
         max_length=128,
-        train_buckets=(32, 64, 128),
-        eval_buckets=(32, 64, 128),
-        holdout=400,
-        holdout_kind=HoldoutKind.RANDOM,
-        exit_train_examples=3000,
-        moe_train_examples=2000,
+        finetune=dict(train_examples=None, epochs=2.0, learning_rate=1e-4, buckets=(32, 64, 128)),
+        eval=dict(buckets=(32, 64, 128)),
+        calibration=dict(holdout=400, holdout_kind=HoldoutKind.RANDOM),
+        exits=dict(train_examples=3000),
+        moe=dict(train_examples=2000),
     ),
     "rte": dict(
-        train_examples=None,
-        epochs=2.0,
-        learning_rate=1e-4,
         max_length=128,
-        train_buckets=(64, 128),
-        eval_buckets=(64, 128),
-        holdout=250,
-        holdout_kind=HoldoutKind.RANDOM,
-        exit_train_examples=2200,
-        moe_train_examples=1000,
+        finetune=dict(train_examples=None, epochs=2.0, learning_rate=1e-4, buckets=(64, 128)),
+        eval=dict(buckets=(64, 128)),
+        calibration=dict(holdout=250, holdout_kind=HoldoutKind.RANDOM),
+        exits=dict(train_examples=2200),
+        moe=dict(train_examples=1000),
     ),
 }
+
+# The quick preset, over a task's recipe (`DemoConfig.quick` also pads to one length).
+QUICK: Mapping[str, Any] = dict(
+    finetune=dict(train_examples=800, save_every=10),
+    calibration=dict(holdout=300),
+    eval=dict(limit=256, timing_rounds=2, timing_batches=3),
+    cascade=dict(buckets=4),
+    exits=dict(train_examples=800, epochs=2.0, exit_buckets=4),
+    pruning=dict(acc_targets=(1.5, 2.0)),
+    compose=dict(acc_targets=(1.5,), grid=12),
+    moe=dict(train_examples=400, max_tokens=8000, router_epochs=5),
+)
+
+# The tiny preset for tests (`DemoConfig.tiny` adds the tokenizer directory).
+TINY: Mapping[str, Any] = dict(
+    task="sst2",
+    preset="tiny",
+    model_config=BertConfig.tiny(
+        vocab_size=30522, num_layers=2, intermediate_size=64, max_position_embeddings=64
+    ),
+    swift_layers=1,
+    max_length=32,
+    progress=False,
+    finetune=dict(
+        train_examples=48, batch_size=16, learning_rate=1e-3, buckets=(32,), save_every=2
+    ),
+    calibration=dict(holdout=24, holdout_kind=HoldoutKind.RANDOM),
+    eval=dict(buckets=(32,), batch_size=16, limit=32, timing_rounds=1),
+    cascade=dict(buckets=2),
+    exits=dict(train_examples=32, epochs=1.0, exit_buckets=2),
+    pruning=dict(acc_targets=(1.5,)),
+    compose=dict(acc_targets=(1.5,), grid=4),
+    moe=dict(experts=4, active=(0.5,), train_examples=16, max_tokens=256, router_epochs=1),
+)

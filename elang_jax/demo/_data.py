@@ -23,7 +23,7 @@ class DemoData:
 
     Attributes:
       calib: the held-out calibration examples (thresholds are chosen here).
-      dev: the task's dev split (or its first `eval_limit` examples): the reported numbers.
+      dev: the task's dev split (or its first `eval.limit` examples): the reported numbers.
       exit_fit: training examples for the exit heads.
       moe_fit: training examples whose FFN inputs train the MoE routers.
       eval_file: the user's labelled TSV, if one was given.
@@ -79,23 +79,26 @@ def load_data(
     """Reads, splits and tokenizes everything the methods need (see `DemoData`)."""
     train = data.read_glue(config.task, "train")
     kept, held = data.calibration_split(
-        train, config.holdout, config.holdout_seed, config.holdout_kind
+        train,
+        config.calibration.holdout,
+        config.calibration.holdout_seed,
+        config.calibration.holdout_kind,
     )
     dev = data.read_glue(config.task, "dev")
-    if config.eval_limit is not None and config.eval_limit < len(dev):
-        dev = data.select_examples(dev, np.arange(config.eval_limit))
+    if config.eval.limit is not None and config.eval.limit < len(dev):
+        dev = data.select_examples(dev, np.arange(config.eval.limit))
     return DemoData(
         calib=_encode(tokenizer, data.select_examples(train, held), config, vocab_size),
         dev=_encode(tokenizer, dev, config, vocab_size),
         exit_fit=_encode(
             tokenizer,
-            data.select_examples(train, _sample(kept, config.exit_train_examples, config.seed)),
+            data.select_examples(train, _sample(kept, config.exits.train_examples, config.seed)),
             config,
             vocab_size,
         ),
         moe_fit=_encode(
             tokenizer,
-            data.select_examples(train, _sample(kept, config.moe_train_examples, config.seed + 1)),
+            data.select_examples(train, _sample(kept, config.moe.train_examples, config.seed + 1)),
             config,
             vocab_size,
         ),

@@ -3,8 +3,9 @@
 A `Method` is a compiled batched forward (`forward`, the part that is timed) and a host-side
 `decode` that turns its output into per-example predictions, analytic FLOPs at the batch's
 padded length, and the share of work skipped. Every method is calibrated for the same
-target: accuracy at most `DemoConfig.epsilon` below Super's on the calibration split, with
-the library's `elang_jax.calibration.calibrate` (through each method's own wrapper).
+target: accuracy at most `DemoConfig.calibration.epsilon` below Super's on the calibration
+split, with the library's `elang_jax.calibration.calibrate` (through each method's own
+wrapper).
 
 Shape vocabulary: b batch rows, t padded length, c classes, v valid rows of a batch,
 n examples, e exits.
@@ -55,7 +56,7 @@ class Method:
     Attributes:
       name: row label.
       kind: "reference", "cascade", "exits", "pruning", "moe" or "composed".
-      forward: jitted `forward(batch)` on a padded batch of `eval_batch_size` rows.
+      forward: jitted `forward(batch)` on a padded batch of `eval.batch_size` rows.
       decode: `decode(batch, forward(batch)) -> RowStats` (host side, not timed).
       calibration: what calibration chose and scored on the calibration split (setting,
         accuracy, reference_accuracy, cost, target_met); empty for the reference rows. A
@@ -92,7 +93,7 @@ class Calibration:
         assert encoded.labels is not None
         self.encoded = encoded
         self.labels: Int[np.ndarray, " n"] = encoded.labels
-        self.target = CalibrationTarget(epsilon=config.epsilon)
+        self.target = CalibrationTarget(epsilon=config.calibration.epsilon)
         self._config = config
         self._fns = {"super": super_fn, "swift": swift_fn}
 
@@ -111,10 +112,10 @@ class Calibration:
 
 def make_batches(encoded: data.Encoded, config: DemoConfig) -> list[data.Batch]:
     """Padded evaluation batches, sorted by length (every method runs these)."""
-    buckets = data.LengthBuckets(config.eval_buckets)
+    buckets = data.LengthBuckets(config.eval.buckets)
     return list(
         data.iterate_batches(
-            encoded, config.eval_batch_size, buckets, shuffle=False, sort_by_length=True
+            encoded, config.eval.batch_size, buckets, shuffle=False, sort_by_length=True
         )
     )
 
@@ -202,9 +203,9 @@ def cascade(
             swift_cost=ratio,
         )
         threshold = float(op.setting[0])
-        known = _summary(op, {"score": score, "threshold": threshold}, config.epsilon)
+        known = _summary(op, {"score": score, "threshold": threshold}, config.calibration.epsilon)
     threshold = float(known["setting"]["threshold"])
-    n = config.cascade_buckets
+    n = config.cascade.buckets
     built = Cascade(
         [
             Tier(swift, TierConfig(name="swift", score=Score(score), threshold=threshold)),
@@ -212,7 +213,7 @@ def cascade(
         ],
         bucket_fractions=tuple(i / n for i in range(n + 1)),
     )
-    step = built.serving_step(config.eval_batch_size)
+    step = built.serving_step(config.eval.batch_size)
 
     def forward(batch):
         return step(batch_inputs(batch), valid=batch.valid)
@@ -252,25 +253,25 @@ def exit_model(
 ) -> exits.MultiExit:
     """Super with an exit head after every layer, the heads trained on the frozen
     backbone's features of `fit` (DeeBERT's second stage) or loaded from `cache`."""
-    n = config.exit_buckets
+    n = config.exits.exit_buckets
     me = exits.MultiExit(
         super_,
         exits.MultiExitConfig(
-            pooling=config.exit_pooling, bucket_fractions=tuple(i / n for i in range(n + 1))
+            pooling=config.exits.exit_pooling, bucket_fractions=tuple(i / n for i in range(n + 1))
         ),
         rngs=nnx.Rngs(config.seed),
     )
     if not load_params(_ExitHeads(me), cache):
-        buckets = data.LengthBuckets(config.eval_buckets)
+        buckets = data.LengthBuckets(config.eval.buckets)
         progress("collecting frozen features")
-        feats, _ = exits.collect_features(me, fit, config.eval_batch_size, buckets)
+        feats, _ = exits.collect_features(me, fit, config.eval.batch_size, buckets)
         progress("training exit heads")
         assert fit.labels is not None
         exits.train_exit_heads(
             me,
             feats,
             fit.labels,
-            exits.ExitTrainConfig(epochs=config.exit_epochs, seed=config.seed),
+            exits.ExitTrainConfig(epochs=config.exits.epochs, seed=config.seed),
         )
         save_params(_ExitHeads(me), cache)
     return me
@@ -286,19 +287,19 @@ def multi_exit(
     """Super exiting early (`exit_model`), the entropy policy's threshold calibrated on
     the calibration split."""
     super_ = me.model
-    buckets = data.LengthBuckets(config.eval_buckets)
+    buckets = data.LengthBuckets(config.eval.buckets)
     num_layers = super_.config.num_layers
     if known is None:
         progress("calibrating the exit threshold")
-        lg_cal = exits.dataset_exit_logits(me, calib.encoded, config.eval_batch_size, buckets)
+        lg_cal = exits.dataset_exit_logits(me, calib.encoded, config.eval.batch_size, buckets)
         op = exits.calibrate_exits(
             lg_cal, calib.labels, me.exit_layers, "entropy", calib.target, None, num_layers
         )
         setting = {"policy": "entropy", "threshold": float(op.setting)}
-        known = _summary(op, setting, config.epsilon)
+        known = _summary(op, setting, config.calibration.epsilon)
     threshold = float(known["setting"]["threshold"])
     layers_at = np.asarray(me.exit_layers)
-    step = me.exit_step(config.eval_batch_size, "entropy")
+    step = me.exit_step(config.eval.batch_size, "entropy")
     cfg = super_.config
     last = me.num_exits - 1
 
@@ -347,20 +348,22 @@ def token_pruning(
     known: dict[str, Any] | None = None,
 ) -> Method:
     """Super with ACC token pruning, zero-shot (no fine-tuning with elimination): the keep
-    schedule is the cheapest of `config.acc_targets`' candidates meeting the target."""
-    acc = pruning.AccConfig.bert(variant=config.acc_variant)
+    schedule is the cheapest of `config.pruning.acc_targets`' candidates meeting the target."""
+    acc = pruning.AccConfig.bert(variant=config.pruning.acc_variant)
     if known is None:
         schedule, op = pruning.calibrate_schedule(
             super_,
             calib.batches,
             calib.labels,
-            config.acc_targets,
+            config.pruning.acc_targets,
             acc,
             calib.target,
             reference_predictions=calib.super_logits.argmax(-1),
             progress=progress,
         )
-        known = _summary(op, {"variant": acc.variant.value, "rate": schedule.rate}, config.epsilon)
+        known = _summary(
+            op, {"variant": acc.variant.value, "rate": schedule.rate}, config.calibration.epsilon
+        )
     schedule = pruning.KeepSchedule.from_speed(
         known["setting"]["rate"], super_.config.num_layers, acc
     )
@@ -415,8 +418,8 @@ def _moefied(
     progress: Callable[[str], None],
 ) -> nnx.Module:
     base = moe.MoEConfig(
-        num_experts=config.moe_experts,
-        top_k=min(config.moe_top_k),
+        num_experts=config.moe.experts,
+        top_k=min(config.moe.top_k),
         impl=moe.MoEImpl.CAPACITY,
         router=moe.RouterKind.MLP,
     )
@@ -431,7 +434,7 @@ def _moefied(
     progress("collecting FFN inputs")
     batches = make_batches(fit, config)
     inputs = moe.collect_ffn_inputs(
-        super_, batches, max_tokens=config.moe_max_tokens, seed=config.seed
+        super_, batches, max_tokens=config.moe.max_tokens, seed=config.seed
     )
     progress("splitting experts (k-means), training routers")
     model, _ = moe.moefy(
@@ -440,7 +443,7 @@ def _moefied(
         method=moe.SplitMethod.KMEANS,
         ffn_inputs=inputs,
         router_training=moe.RouterTrainConfig(
-            epochs=config.moe_router_epochs,
+            epochs=config.moe.router_epochs,
             # At most the tokens left after the router's validation share: a larger batch
             # than the data fails in train_mlp_router.
             batch_size=max(1, min(512, len(inputs[0]) - max(1, len(inputs[0]) // 10))),
@@ -469,13 +472,13 @@ def moefied(
     progress: Callable[[str], None] = lambda _: None,
     known: dict[str, Any] | None = None,
 ) -> Method:
-    """Super MoEfied: every FFN split into `moe_experts` experts by balanced k-means on its
+    """Super MoEfied: every FFN split into `moe.experts` experts by balanced k-means on its
     neurons, an MLP router per layer trained on FFN inputs of `fit`, run with the CAPACITY
-    implementation; the number of active experts is the cheapest of `moe_active` meeting
+    implementation; the number of active experts is the cheapest of `moe.active` meeting
     the target (one value: fixed)."""
     model = _moefied(super_, fit, config, cache, progress)
     cfg = super_.config
-    e = config.moe_experts
+    e = config.moe.experts
     sites = moe.ffn_sites(model)
 
     def with_top_k(k: int):
@@ -488,7 +491,7 @@ def moefied(
         progress("calibrating the active experts")
         lengths = calib.encoded.lengths
         correct, cost = [], []
-        for k in config.moe_top_k:
+        for k in config.moe.top_k:
             preds = dataset_outputs(with_top_k(k), calib.batches, len(lengths)).argmax(-1)
             correct.append(preds == calib.labels)
             cost.append(
@@ -502,10 +505,10 @@ def moefied(
             )
         reference_correct: Bool[np.ndarray, " n"] = calib.super_logits.argmax(-1) == calib.labels
         op = calibrate(
-            np.stack(correct), np.asarray(cost), reference_correct, calib.target, config.moe_top_k
+            np.stack(correct), np.asarray(cost), reference_correct, calib.target, config.moe.top_k
         )
         setting = {"experts": e, "active": int(op.setting), "split": "kmeans", "router": "mlp"}
-        known = _summary(op, {**setting, "impl": "capacity"}, config.epsilon)
+        known = _summary(op, {**setting, "impl": "capacity"}, config.calibration.epsilon)
     k = int(known["setting"]["active"])
     fn = with_top_k(k)
 
@@ -541,14 +544,14 @@ def composed_exits_acc(
 ) -> Method:
     """Super exiting early and pruning tokens at once (`elang_jax.compose`): the exit
     threshold and the keep schedule calibrated jointly. Each candidate schedule (one per
-    `compose_acc_targets`, as ACC's) costs one pass over the calibration split with every
+    `compose.acc_targets`, as ACC's) costs one pass over the calibration split with every
     exit's logits (`tick` is called with 1 after each batch); the thresholds are then
     replayed offline."""
     super_ = me.model
     cfg = super_.config
-    n = config.exit_buckets
+    n = config.exits.exit_buckets
     fractions = tuple(i / n for i in range(n + 1))
-    acc = pruning.AccConfig.bert(variant=config.acc_variant)
+    acc = pruning.AccConfig.bert(variant=config.pruning.acc_variant)
 
     def system(rate: float, threshold: float = np.inf) -> compose.ComposedClassifier:
         tier = compose.ComposedTierConfig(
@@ -565,7 +568,7 @@ def composed_exits_acc(
     if known is None:
         dims = pruning.LayerDims.of(cfg)
         schedules = pruning.schedule_candidates(
-            config.compose_acc_targets,
+            config.compose.acc_targets,
             dims,
             pruning.batch_workload(calib.batches),
             acc,
@@ -578,7 +581,7 @@ def composed_exits_acc(
             progress(f"keep schedule {s.rate:.3f}: every exit on the calibration split")
             sys_ = system(s.rate)
             outcome = compose.tier_outcomes(sys_, 0, calib.batches, len(calib.labels), tick)
-            grids.append(compose.candidate_grid(sys_, [outcome], num=config.compose_grid))
+            grids.append(compose.candidate_grid(sys_, [outcome], num=config.compose.grid))
         lengths = outcome.lengths
         reference_flops = float(sum(flops.classifier_flops(cfg, int(t)) for t in lengths))
         chosen = compose.calibrate_composed(
@@ -595,10 +598,10 @@ def composed_exits_acc(
             "variant": acc.variant.value,
             "rate": float(tier.acc_rate or 1.0),
         }
-        known = _summary(chosen.point, setting, config.epsilon)
+        known = _summary(chosen.point, setting, config.calibration.epsilon)
     setting = known["setting"]
     built = system(float(setting["rate"]), float(setting["threshold"]))
-    step = built.serving_step(config.eval_batch_size)
+    step = built.serving_step(config.eval.batch_size)
     schedule = pruning.KeepSchedule.from_speed(float(setting["rate"]), cfg.num_layers, acc)
     num_layers = cfg.num_layers
     last = me.num_exits - 1

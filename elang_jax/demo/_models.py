@@ -1,10 +1,10 @@
 """Swift and Super for the demo: fine-tuned once, then reused from the cache directory.
 
 Each model is an `elang_jax.training.train_and_evaluate` run in `<cache>/<name>`: orbax
-checkpoints every `save_every` steps (and on Ctrl-C), exact resume from the latest one, and
-`final/` (a Hugging Face directory) at the end. A finished run whose settings match is
-loaded from `final/` without touching the training code; a half-finished one resumes; one
-with other settings is an error that says so.
+checkpoints every `finetune.save_every` steps (and on Ctrl-C), exact resume from the latest
+one, and `final/` (a Hugging Face directory) at the end. A finished run whose settings match
+(`training.run_settings`) is loaded from `final/` without touching the training code; a
+half-finished one resumes; one with other settings is an error that says so.
 
 The small artefacts derived from Super (exit heads, MoE experts and routers) are cached
 as `.npz` files of their parameters under a name that fingerprints what produced them.
@@ -80,20 +80,20 @@ def finetune_config(config: DemoConfig, name: str, base: str | None) -> training
         **source,
         num_layers=config.swift_layers if name == "swift" else None,
         max_length=config.max_length,
-        buckets=config.train_buckets,
-        batch_size=config.batch_size,
-        eval_batch_size=config.eval_batch_size,
-        learning_rate=config.learning_rate,
-        warmup_ratio=config.warmup_ratio,
-        epochs=config.epochs,
+        buckets=config.finetune.buckets,
+        batch_size=config.finetune.batch_size,
+        eval_batch_size=config.eval.batch_size,
+        learning_rate=config.finetune.learning_rate,
+        warmup_ratio=config.finetune.warmup_ratio,
+        epochs=config.finetune.epochs,
         seed=config.seed,
-        train_limit=config.train_examples,
-        eval_limit=config.eval_limit,
-        holdout=config.holdout,
-        holdout_seed=config.holdout_seed,
-        holdout_kind=config.holdout_kind,
+        train_limit=config.finetune.train_examples,
+        eval_limit=config.eval.limit,
+        holdout=config.calibration.holdout,
+        holdout_seed=config.calibration.holdout_seed,
+        holdout_kind=config.calibration.holdout_kind,
         eval_every=0,
-        save_every=config.save_every,
+        save_every=config.finetune.save_every,
         keep_checkpoints=1,
         log_every=10,
         progress=config.progress,
@@ -102,11 +102,10 @@ def finetune_config(config: DemoConfig, name: str, base: str | None) -> training
 
 def _finished(workdir: Path, ft: training.FinetuneConfig) -> dict[str, Any] | None:
     """The final metrics of a finished run with the same settings in `workdir`, else None."""
-    config_file = workdir / "config.json"
     metrics_file = workdir / "metrics.jsonl"
-    if not (config_file.is_file() and metrics_file.is_file()):
+    if not metrics_file.is_file():
         return None
-    if json.loads(config_file.read_text()) != json.loads(json.dumps(ft.trajectory_fields())):
+    if training.stored_run_settings(workdir) != training.run_settings(ft):
         return None
     # The "final" record is written after final/ is complete: it marks a finished run.
     finals = [r for r in map(json.loads, metrics_file.read_text().splitlines()) if r.get("final")]

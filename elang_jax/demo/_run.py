@@ -107,7 +107,8 @@ def _calibration_key(config: DemoConfig, super_: FinetunedModel, swift: Finetune
     # buckets (an example's output never depends on its batch).
     ignore = {"preset", "cache_dir", "timing_rounds", "timing_batches", "eval_limit", "progress"}
     ignore |= {"cascade_buckets", "exit_buckets"}
-    settings = {k: v for k, v in config.to_json().items() if k not in ignore}
+    # Flat field names (`flat_json`): caches keyed before the config had sections still match.
+    settings = {k: v for k, v in config.flat_json().items() if k not in ignore}
     return fingerprint(
         settings,
         file_identity(super_.workdir / "final" / "model.safetensors"),
@@ -144,10 +145,19 @@ def build_methods(
             name, score, swift.model, super_.model, calib, config, known.get(key)
         )
     identity = file_identity(super_.workdir / "final" / "model.safetensors")
-    fit_keys = [config.task, config.holdout, config.holdout_seed, config.holdout_kind.value]
+    fit_keys = [
+        config.task,
+        config.calibration.holdout,
+        config.calibration.holdout_seed,
+        config.calibration.holdout_kind.value,
+    ]
     fit_keys += [config.max_length, config.seed]
     exit_key = fingerprint(
-        identity, fit_keys, config.exit_train_examples, config.exit_epochs, config.exit_pooling
+        identity,
+        fit_keys,
+        config.exits.train_examples,
+        config.exits.epochs,
+        config.exits.exit_pooling,
     )
     me = M.exit_model(
         super_.model,
@@ -164,7 +174,7 @@ def build_methods(
         known=known.get("exits"),
     )
     stages.note("ACC token pruning: keep schedule")
-    bar = stages.bar(len(config.acc_targets) + 1, "ACC candidates")
+    bar = stages.bar(len(config.pruning.acc_targets) + 1, "ACC candidates")
     try:
         built["acc"] = M.token_pruning(
             super_.model, calib, config, progress=bar.update, known=known.get("acc")
@@ -174,13 +184,13 @@ def build_methods(
     moe_key = fingerprint(
         identity,
         fit_keys,
-        config.eval_batch_size,
-        config.eval_buckets,
-        config.moe_train_examples,
-        config.moe_max_tokens,
-        config.moe_experts,
-        min(config.moe_top_k),
-        config.moe_router_epochs,
+        config.eval.batch_size,
+        config.eval.buckets,
+        config.moe.train_examples,
+        config.moe.max_tokens,
+        config.moe.experts,
+        min(config.moe.top_k),
+        config.moe.router_epochs,
     )
     built["moe"] = M.moefied(
         super_.model,
@@ -192,7 +202,7 @@ def build_methods(
         known=known.get("moe"),
     )
     # One pass over the calibration split per candidate schedule, when not cached.
-    passes = 0 if known.get("composed") else len(config.compose_acc_targets)
+    passes = 0 if known.get("composed") else len(config.compose.acc_targets)
     bar = stages.bar(passes * len(calib.batches) if passes else 0, "composed")
     try:
         built["composed"] = M.composed_exits_acc(
@@ -234,8 +244,8 @@ def report_rows(
         bar.close()
     t1 = time.perf_counter()
     super_method = methods[0]
-    timed = timing_subset(batches, config.timing_batches)
-    timings = measure(super_method, methods, timed, config.timing_rounds, stages.bar)
+    timed = timing_subset(batches, config.eval.timing_batches)
+    timings = measure(super_method, methods, timed, config.eval.timing_rounds, stages.bar)
     stages.note(
         f"evaluated {len(batches)} batches ({t1 - t0:.0f} s, compiling included), "
         f"timed {len(timed)} of them ({time.perf_counter() - t1:.0f} s)"
@@ -321,11 +331,13 @@ def _run(
         + ("" if data_.eval_file is None else f", {len(data_.eval_file)} from the eval file")
     )
 
-    stages.begin(f"calibrating every method (accuracy within {100 * config.epsilon:g} points)")
+    stages.begin(
+        f"calibrating every method (accuracy within {100 * config.calibration.epsilon:g} points)"
+    )
     methods = build_methods(config, models["super"], models["swift"], data_, stages)
     stages.end()
 
-    stages.begin(f"dev: evaluating and timing ({config.timing_rounds} rounds)")
+    stages.begin(f"dev: evaluating and timing ({config.eval.timing_rounds} rounds)")
     rows = report_rows(config, methods, data_.dev, stages)
     stages.end()
     eval_rows = None
@@ -336,7 +348,7 @@ def _run(
 
     device = jax.devices()[0].device_kind
     title = (
-        f"{config.task} dev ({len(data_.dev)} examples), batch {config.eval_batch_size}, "
+        f"{config.task} dev ({len(data_.dev)} examples), batch {config.eval.batch_size}, "
         f"{device}; speed-ups vs Super"
     )
     echo("")

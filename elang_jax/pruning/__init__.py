@@ -43,7 +43,7 @@ from elang_jax.pruning._scores import acc_scores, gather_tokens, select_tokens
 from elang_jax.pruning._selector import AccSelector
 
 # Fine-tuning with elimination active.
-from elang_jax.pruning._train import make_acc_train_step
+from elang_jax.pruning._train import AccForward, acc_forward, finetune_acc, make_acc_train_step
 
 __all__ = [
     # Configuration
@@ -78,5 +78,8 @@ __all__ = [
     "acc_generate",
     "acc_prefill",
     # Training
+    "AccForward",
+    "acc_forward",
+    "finetune_acc",
     "make_acc_train_step",
 ]

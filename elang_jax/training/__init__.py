@@ -1,4 +1,4 @@
-"""Fine-tuning: configuration, optimizer, train step, evaluation and the training loop.
+"""Fine-tuning: configuration, optimizer, train step and its hooks, evaluation, the loop.
 
 Typical use::
 
@@ -6,6 +6,10 @@ Typical use::
 
     config = training.sst2_minilm()
     metrics = training.train_and_evaluate(config, "/tmp/ft_sst2")
+
+The loss and the forward pass are hooks of the loop (`LossHook`, `ForwardHook`): plain
+cross-entropy by default; method-specific objectives plug in, e.g.
+`train_and_evaluate(config, workdir, loss=DifficultyAwareLoss(DarConfig(...)))`.
 """
 
 # Configuration and presets.
@@ -24,18 +28,31 @@ from elang_jax.training._difficulty import (
     load_run_config,
 )
 
-# Training pieces.
+# Evaluation.
+from elang_jax.training._eval import classification_metrics, evaluate
+
+# The training loop and the settings it records.
 from elang_jax.training._finetune import (
     build_model,
-    classification_metrics,
-    evaluate,
-    learning_rate_schedule,
-    make_optimizer,
-    make_train_step,
-    masked_cross_entropy,
+    run_settings,
+    stored_run_settings,
     train_and_evaluate,
-    weight_decay_mask,
 )
+
+# Hooks: the loss and the forward pass of a train step.
+from elang_jax.training._hooks import (
+    ForwardHook,
+    LossHook,
+    classifier_forward,
+    cross_entropy_loss,
+    masked_cross_entropy,
+)
+
+# Optimizer.
+from elang_jax.training._optim import learning_rate_schedule, make_optimizer, weight_decay_mask
+
+# Train step.
+from elang_jax.training._step import make_train_step
 
 __all__ = [
     # Configuration
@@ -48,6 +65,12 @@ __all__ = [
     "checkpoint_predictions",
     "difficulty_labels",
     "load_run_config",
+    # Hooks
+    "ForwardHook",
+    "LossHook",
+    "classifier_forward",
+    "cross_entropy_loss",
+    "masked_cross_entropy",
     # Training
     "build_model",
     "classification_metrics",
@@ -55,7 +78,8 @@ __all__ = [
     "learning_rate_schedule",
     "make_optimizer",
     "make_train_step",
-    "masked_cross_entropy",
+    "run_settings",
+    "stored_run_settings",
     "train_and_evaluate",
     "weight_decay_mask",
 ]

@@ -7,24 +7,30 @@ import enum
 import os
 from typing import Any
 
+from elang_jax.data._source import DataSource
 from elang_jax.data._splits import HoldoutKind
 from elang_jax.models import BertConfig
 
 
 def config_json(config: Any) -> dict[str, Any]:
-    """A config dataclass's fields, JSON-serialisable: a nested `BertConfig` as a dict of its
-    fields (as strings), tuples as lists, enums as their values."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if isinstance(value, BertConfig):
-            value = {k: str(v) for k, v in dataclasses.asdict(value).items()}
-        elif isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, enum.Enum):
-            value = value.value
-        out[f.name] = value
-    return out
+    """A config dataclass's fields, JSON-serialisable.
+
+    Nested config dataclasses (the sections of `elang_jax.demo.DemoConfig`, say) become nested
+    dicts, a `BertConfig` a dict of its fields as strings, tuples lists, enums their values.
+    """
+    return {f.name: _json_value(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, BertConfig):
+        return {k: str(v) for k, v in dataclasses.asdict(value).items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_json(value)
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
 
 
 class Schedule(enum.StrEnum):
@@ -36,8 +42,19 @@ class Schedule(enum.StrEnum):
 
 # Fields that do not change which parameters a run produces: they may differ between a run and
 # the run that resumes it. Every other field must match (see `trajectory_fields`).
+# The data source is among them: both sources give the same examples in the same order.
 _RESUMABLE_FIELDS = frozenset(
-    {"max_steps", "eval_every", "save_every", "keep_checkpoints", "log_every", "progress"}
+    {
+        "max_steps",
+        "max_minutes",
+        "eval_every",
+        "save_every",
+        "keep_checkpoints",
+        "log_every",
+        "progress",
+        "data_source",
+        "data_dir",
+    }
 )
 
 
@@ -49,6 +66,10 @@ class FinetuneConfig:
     only stops training early: it does not shorten the schedule, so a run stopped by
     `max_steps` and resumed with a larger cap (or none) ends with exactly the parameters of an
     uninterrupted run.
+
+    What the loss is (plain cross-entropy, or a hook such as CascadeBERT's difficulty-aware
+    loss) and what the forward pass runs are not settings of this config: they are the
+    `loss` and `forward` hooks of `train_and_evaluate`.
 
     Attributes:
       task: GLUE task name, a key of `elang_jax.data.GLUE_TASKS` (`"sst2"`, `"mrpc"`, ...).
@@ -76,6 +97,8 @@ class FinetuneConfig:
       clip_norm: clip gradients to this global norm; None: no clipping.
       epochs: passes over the training set; may be fractional (e.g. 0.5).
       max_steps: stop after this many steps (the schedule still spans `epochs`); None: no cap.
+      max_minutes: stop after this many minutes of training (then save, evaluate and export
+        as after `max_steps`); None: no time limit.
       seed: seed of the classifier initialisation, the shuffling and dropout.
       bf16: compute in bfloat16; parameters and optimizer state stay float32.
       eval_every: evaluate every this many steps (and always at the end); 0: only at the end.
@@ -94,11 +117,11 @@ class FinetuneConfig:
         (whole sentences, their phrases removed from training; for SST-2).
       num_layers: keep only the first `num_layers` layers of the checkpoint (a Swift model
         built from a larger one); None: all.
-      difficulty_file: a .npy of per-example "hard" flags over the (held-out-filtered) training
-        set, from train/difficulty_labels.py; turns on CascadeBERT's difficulty-aware ranking
-        loss on the model's max-softmax confidence.
-      dar_weight: weight of that loss (lambda).
-      dar_margin: its margin m.
+      data_source: where the GLUE examples are read from (`DataSource.TSV`, the shipped
+        files, or `DataSource.TFDS`, the `glue_tfds` dataset built as ArrayRecord into
+        `data_dir`); both give the same examples in the same order.
+      data_dir: the TFDS data directory (built there on first use); None: the default
+        (`elang_jax.data.default_tfds_dir()`). Only read with `DataSource.TFDS`.
     """
 
     task: str
@@ -120,6 +143,7 @@ class FinetuneConfig:
     clip_norm: float | None = 1.0
     epochs: float = 1.0
     max_steps: int | None = None
+    max_minutes: float | None = None
     seed: int = 0
     bf16: bool = False
     eval_every: int = 0
@@ -135,9 +159,8 @@ class FinetuneConfig:
     holdout_seed: int = 0
     holdout_kind: HoldoutKind = HoldoutKind.RANDOM
     num_layers: int | None = None
-    difficulty_file: str | None = None
-    dar_weight: float = 0.5
-    dar_margin: float = 0.5
+    data_source: DataSource = DataSource.TSV
+    data_dir: str | None = None
 
     def __post_init__(self):
         # Imported here so that building a config does not read the GLUE registry at import.
@@ -194,8 +217,17 @@ class FinetuneConfig:
             ) from None
         if self.holdout < 0 or self.holdout_seed < 0:
             raise ValueError(f"holdout and holdout_seed must be >= 0, got {self.holdout=}")
-        if self.dar_weight < 0 or self.dar_margin < 0:
-            raise ValueError(f"dar_weight and dar_margin must be >= 0, got {self.dar_weight=}")
+        try:
+            object.__setattr__(self, "data_source", DataSource(self.data_source))
+        except ValueError:
+            raise ValueError(
+                f"data_source must be one of {[s.value for s in DataSource]}, "
+                f"got {self.data_source=}"
+            ) from None
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive or None, got {self.max_minutes=}")
         for name in ("max_steps", "train_limit", "eval_limit", "num_layers"):
             value = getattr(self, name)
             if value is not None and value < 1:

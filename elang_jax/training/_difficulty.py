@@ -7,7 +7,6 @@ checkpoints of one run instead of 5 seeds: the same signal at a fifth of the cos
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,19 +15,25 @@ from flax import nnx
 
 from elang_jax import data
 from elang_jax.training._config import FinetuneConfig
+from elang_jax.training._data import encode_split
+from elang_jax.training._eval import _logits
 from elang_jax.training._finetune import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     _abstract,
-    _encode,
-    _logits,
     build_model,
+    stored_run_settings,
 )
 
 
 def load_run_config(workdir: str | Path) -> FinetuneConfig:
-    """The FinetuneConfig a workdir was trained with (its config.json)."""
-    fields = json.loads((Path(workdir) / CONFIG_FILE).read_text())
+    """The FinetuneConfig a workdir was trained with (its config.json; the loss and forward
+    hooks recorded there are not part of it)."""
+    fields = stored_run_settings(workdir)
+    if fields is None:
+        raise FileNotFoundError(f"{Path(workdir) / CONFIG_FILE} does not exist")
+    for hook in ("loss", "forward"):
+        fields.pop(hook, None)
     if fields.get("model_config") is not None:
         raise ValueError(f"{workdir}: runs from a random model_config cannot be reloaded here")
     fields["buckets"] = tuple(fields["buckets"])
@@ -53,7 +58,7 @@ def checkpoint_predictions(
     model = build_model(config)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tokenizer = data.load_tokenizer(config.tokenizer_dir or config.model_dir)
-    train = _encode(tokenizer, config, "train", config.train_limit, model.config.vocab_size)
+    train = encode_split(tokenizer, config, "train", config.train_limit, model.config.vocab_size)
     buckets = data.LengthBuckets(config.buckets)
     manager = ocp.CheckpointManager((Path(workdir) / CHECKPOINT_DIR).absolute())
     steps = sorted(manager.all_steps())

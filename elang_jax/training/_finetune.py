@@ -1,17 +1,16 @@
-"""GLUE fine-tuning of BERT-family classifiers: optimizer, train step, evaluation, the loop.
+"""GLUE fine-tuning of BERT-family classifiers: the training loop, checkpoints and export.
 
-The hot paths (`make_train_step`, `evaluate`) are functional: the model is split once with
-`nnx.split` into a static graph definition and state pytrees, the jitted function merges them
-back inside the trace, and only arrays cross the `jax.jit` boundary (the cheapest per-call
-path in NNX).
+The loop is generic: what the forward pass runs and what the loss is are hooks
+(`elang_jax.training.LossHook`, `ForwardHook`; plain cross-entropy by default), so that
+method-specific objectives (CascadeBERT's difficulty-aware loss, ACC's elimination-active
+forward) train through the same loop, with the same checkpoints and exact resume.
 
 Resuming is exact without storing data-loader or RNG state: both are functions of the step.
   * data: step s is batch `s % batches_per_epoch` of epoch `s // batches_per_epoch`, and an
     epoch's order depends only on (seed, epoch);
-  * dropout: the step's key is `fold_in(key(seed), s)`.
+  * dropout (and the loss hook's key): the step's key is `fold_in(key(seed), s)`;
+  * the forward hook's per-step setting is a function of the step (`variant(step)`).
 A checkpoint therefore holds the parameters, the optimizer state and the step.
-
-Shape vocabulary: b batch rows, t padded length, c classes.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,283 +31,33 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
 
 from elang_jax import data
-from elang_jax.cascade._dar import difficulty_ranking_loss
 from elang_jax.models import BertForSequenceClassification
-from elang_jax.training._config import FinetuneConfig, Schedule
+from elang_jax.training._config import FinetuneConfig
+from elang_jax.training._data import batch_rows
+from elang_jax.training._data import device_batch as _device_batch
+from elang_jax.training._data import encode_split as _encode
+from elang_jax.training._data import subset as _subset  # noqa: F401 - for tests
+from elang_jax.training._eval import _logits, evaluate  # noqa: F401 - _logits: for tests
+from elang_jax.training._hooks import (
+    ForwardHook,
+    LossHook,
+    classifier_forward,
+    cross_entropy_loss,
+    example_arrays,
+    hook_json,
+    step_variant,
+)
+from elang_jax.training._optim import learning_rate_schedule, make_optimizer
+from elang_jax.training._step import TrainStep, make_train_step
 
 log = logging.getLogger(__name__)
-
-# Parameter names that get no weight decay: every bias, and LayerNorm's scale (its bias is
-# covered by "bias"). The usual BERT recipe.
-_NO_DECAY_NAMES = ("bias", "scale")
 
 CHECKPOINT_DIR = "checkpoints"
 FINAL_DIR = "final"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
-
-
-# ----------------------------------------------------------------------------------------------
-# Optimizer
-
-
-def learning_rate_schedule(config: FinetuneConfig, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to `config.learning_rate`, then linear or cosine decay to 0.
-
-    Args:
-      config: gives the peak rate, warmup fraction and decay shape.
-      total_steps: length of the whole schedule in optimizer steps.
-    """
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be positive, got {total_steps=}")
-    warmup = int(round(config.warmup_ratio * total_steps))
-    decay = max(total_steps - warmup, 1)
-    if config.schedule is Schedule.COSINE:
-        after = optax.cosine_decay_schedule(config.learning_rate, decay)
-    else:
-        after = optax.linear_schedule(config.learning_rate, 0.0, decay)
-    if warmup == 0:
-        return after
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, config.learning_rate, warmup), after], [warmup]
-    )
-
-
-def weight_decay_mask(params: Any) -> Any:
-    """True for parameters that get weight decay: all but biases and LayerNorm scales.
-
-    Args:
-      params: a parameter pytree (an `nnx.State` of `nnx.Param`s, or nested dicts).
-
-    Returns:
-      A pytree of bools with the structure of `params`.
-    """
-
-    def decays(path: tuple[Any, ...], _: Any) -> bool:
-        # The parameter's name is the last dict key; an nnx Variable adds a `.value` attribute
-        # key after it.
-        names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-        return not names or str(names[-1]) not in _NO_DECAY_NAMES
-
-    return jax.tree_util.tree_map_with_path(decays, params)
-
-
-def make_optimizer(config: FinetuneConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with warmup and decay, global-norm clipping, and no decay on biases/LayerNorm.
-
-    Args:
-      config: learning rate, schedule, weight decay and clipping settings.
-      total_steps: length of the learning-rate schedule in steps.
-
-    Returns:
-      The optax transformation; its state is float32 like the parameters.
-    """
-    adamw = optax.adamw(
-        learning_rate_schedule(config, total_steps),
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        weight_decay=config.weight_decay,
-        mask=weight_decay_mask,
-    )
-    if config.clip_norm is None:
-        return adamw
-    return optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
-
-
-# ----------------------------------------------------------------------------------------------
-# Train and eval steps
-
-
-def masked_cross_entropy(
-    logits: Float[Array, "b c"], labels: Int[Array, " b"], valid: Bool[Array, " b"]
-) -> Float[Array, ""]:
-    """Mean softmax cross-entropy over the valid rows only (padding rows count for nothing).
-
-    A batch without valid rows has loss 0, not NaN.
-    """
-    per_row = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    weight = valid.astype(jnp.float32)
-    return jnp.sum(per_row * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-
-
-def _device_batch(batch: data.Batch) -> dict[str, np.ndarray]:
-    # `index` stays on the host: the step never needs it.
-    return dict(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        token_type_ids=batch.token_type_ids,
-        labels=batch.labels,
-        valid=batch.valid,
-    )
-
-
-TrainStep = Callable[[Any, Any, Any, Mapping[str, Any], Any], tuple[Any, Any, dict[str, Array]]]
-
-
-def make_train_step(
-    graphdef: nnx.GraphDef,
-    optimizer: optax.GradientTransformation,
-    dropout_key: jax.Array,
-    dar: tuple[float, float] | None = None,
-) -> TrainStep:
-    """A jitted functional train step for a split classifier.
-
-    Args:
-      graphdef: the static part of `nnx.split(model, nnx.Param, ...)`.
-      optimizer: the optax transformation (e.g. `make_optimizer`).
-      dropout_key: base key; step `s` drops out with `fold_in(dropout_key, s)`, so a resumed
-        run draws the same masks as an uninterrupted one.
-      dar: (weight, margin) of CascadeBERT's difficulty-aware ranking loss, added to the
-        cross-entropy; the batch then carries a [b] bool `hard`.
-
-    Returns:
-      `step_fn(params, rest, opt_state, batch, step) -> (params, opt_state, metrics)`, where
-      `rest` is the non-parameter state from the split, `batch` a dict of [b t] input_ids,
-      attention_mask, token_type_ids and [b] labels, valid, `step` an int32 scalar, and
-      `metrics` holds the scalar `loss` and `grad_norm` (before clipping).
-    """
-
-    def step_fn(params, rest, opt_state, batch, step):
-        key = jax.random.fold_in(dropout_key, step)
-
-        def loss_fn(p):
-            model = nnx.merge(graphdef, p, rest)
-            # Built inside the differentiated function: nnx.Rngs counts its draws, and a
-            # counter created outside this trace could not be updated from within it.
-            rngs = nnx.Rngs(dropout=key)
-            logits = model(
-                batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], rngs=rngs
-            ).logits
-            loss = masked_cross_entropy(logits, batch["labels"], batch["valid"])
-            if dar is not None:
-                confidence = jax.nn.softmax(logits.astype(jnp.float32), -1).max(-1)
-                pair_key = jax.random.fold_in(key, 1)
-                loss = loss + dar[0] * difficulty_ranking_loss(
-                    confidence, batch["hard"], pair_key, dar[1], batch["valid"]
-                )
-            return loss
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}
-
-    # No buffer donation: after a Ctrl-C that lands mid-step, the previous parameters must
-    # still be alive to be checkpointed.
-    return jax.jit(step_fn)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(graphdef: nnx.GraphDef, state: Any, batch: Mapping[str, Array]) -> Float[Array, "b c"]:
-    # graphdef is hashable, so every evaluation of the same architecture reuses one compiled
-    # program per bucket.
-    model = nnx.merge(graphdef, state)
-    return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
-
-
-def classification_metrics(
-    predictions: np.ndarray, labels: np.ndarray, metrics: Sequence[str] = ("accuracy",)
-) -> dict[str, float]:
-    """Accuracy and binary F1 (class 1 positive, as GLUE scores MRPC).
-
-    Args:
-      predictions: [n] predicted class ids.
-      labels: [n] true class ids.
-      metrics: names to compute, from `"accuracy"` and `"f1"`.
-
-    Returns:
-      `{name: value}` in [0, 1]. F1 is 0 when there is no true or predicted positive.
-    """
-    predictions, labels = np.asarray(predictions), np.asarray(labels)
-    if predictions.shape != labels.shape or predictions.ndim != 1:
-        raise ValueError(f"need two [n] arrays, got {predictions.shape=} {labels.shape=}")
-    out = {}
-    for name in metrics:
-        if name == "accuracy":
-            out[name] = float(np.mean(predictions == labels)) if labels.size else 0.0
-        elif name == "f1":
-            tp = int(np.sum((predictions == 1) & (labels == 1)))
-            fp = int(np.sum((predictions == 1) & (labels != 1)))
-            fn = int(np.sum((predictions != 1) & (labels == 1)))
-            out[name] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-        else:
-            raise ValueError(f"unknown metric {name!r}; choose from 'accuracy', 'f1'")
-    return out
-
-
-def evaluate(
-    model: nnx.Module,
-    encoded: data.Encoded,
-    batch_size: int,
-    buckets: data.LengthBuckets | Sequence[int],
-    *,
-    metrics: Sequence[str] = ("accuracy",),
-) -> dict[str, float]:
-    """Scores a classifier on an encoded, labelled dataset (no dropout).
-
-    Batches are grouped by length to skip padding; rows that only pad the last batch are
-    dropped before scoring.
-
-    Args:
-      model: a sequence classifier (`BertForSequenceClassification`).
-      encoded: the dataset (`elang_jax.data.encode_glue`), with labels.
-      batch_size: rows per batch.
-      buckets: padded lengths a batch may have.
-      metrics: metric names (`"accuracy"`, `"f1"`); see `GLUE_TASKS[task].metrics`.
-
-    Returns:
-      The requested metrics, plus `loss` (mean cross-entropy) and `num_examples`.
-    """
-    if encoded.labels is None:
-        raise ValueError("evaluate needs labels; this dataset has none (a test split?)")
-    if not isinstance(buckets, data.LengthBuckets):
-        buckets = data.LengthBuckets(tuple(buckets))
-    graphdef, state = nnx.split(model)
-    preds, labels, losses = [], [], []
-    for batch in data.iterate_batches(
-        encoded, batch_size, buckets, shuffle=False, sort_by_length=True
-    ):
-        logits = np.asarray(_logits(graphdef, state, _device_batch(batch)))
-        keep = batch.valid
-        preds.append(np.argmax(logits[keep], axis=-1))
-        labels.append(batch.labels[keep])
-        losses.append(
-            np.asarray(
-                optax.softmax_cross_entropy_with_integer_labels(logits[keep], batch.labels[keep])
-            )
-        )
-    if not preds:
-        return {**{m: 0.0 for m in metrics}, "loss": 0.0, "num_examples": 0}
-    p, y = np.concatenate(preds), np.concatenate(labels)
-    out: dict[str, Any] = classification_metrics(p, y, metrics)
-    out["loss"] = float(np.mean(np.concatenate(losses)))
-    out["num_examples"] = int(y.size)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# The training loop
-
-
-class _TrainState(NamedTuple):
-    # Assigned as one tuple so that a Ctrl-C never sees parameters of step s + 1 with step s.
-    params: Any
-    opt_state: Any
-    step: int
-
-
-def _subset(examples: data.GlueExamples, limit: int | None) -> data.GlueExamples:
-    if limit is None or limit >= len(examples):
-        return examples
-    return data.GlueExamples(
-        text_a=examples.text_a[:limit],
-        text_b=None if examples.text_b is None else examples.text_b[:limit],
-        labels=None if examples.labels is None else examples.labels[:limit],
-    )
 
 
 def build_model(config: FinetuneConfig) -> BertForSequenceClassification:
@@ -341,41 +90,86 @@ def build_model(config: FinetuneConfig) -> BertForSequenceClassification:
     return BertForSequenceClassification(model_config, rngs=nnx.Rngs(config.seed))
 
 
-def _encode(tokenizer: Any, config: FinetuneConfig, split: str, limit: int | None, vocab: int):
-    examples = data.read_glue(config.task, split)
-    if split == "train" and config.holdout:
-        # The held-out examples calibrate thresholds later: they must never be trained on.
-        kept, _ = data.calibration_split(
-            examples, config.holdout, config.holdout_seed, config.holdout_kind
-        )
-        examples = data.select_examples(examples, kept)
-    examples = _subset(examples, limit)
-    encoded = data.encode_glue(
-        tokenizer, examples, config.max_length, truncate=config.truncate, vocab_size=vocab
-    )
-    if encoded.num_truncated:
-        log.warning(
-            "%s %s: truncated %d of %d examples to %d tokens",
-            config.task,
-            split,
-            encoded.num_truncated,
-            len(encoded),
-            config.max_length,
-        )
-    return encoded
+# ----------------------------------------------------------------------------------------------
+# Run settings: what config.json records and a resume checks
+
+# The hooks' entries in config.json: absent for the defaults, so that a plain run's settings
+# are its config's trajectory fields alone.
+_HOOK_KEYS = ("loss", "forward")
+# Before the loss hooks, CascadeBERT's loss was three FinetuneConfig fields.
+_LEGACY_DAR_KEYS = ("difficulty_file", "dar_weight", "dar_margin")
 
 
-def _difficulty(config: FinetuneConfig, n: int) -> np.ndarray | None:
-    """Per-example "hard" flags for the difficulty-aware loss, checked against the train set."""
-    if config.difficulty_file is None:
+def run_settings(
+    config: FinetuneConfig, *, loss: LossHook | None = None, forward: ForwardHook | None = None
+) -> dict[str, Any]:
+    """The settings that decide the parameters a run produces, as JSON values.
+
+    The config's `trajectory_fields()`, plus `"loss"` and `"forward"` (each hook's
+    `to_json()`, or its name) when a hook other than the default is given. A run writes them
+    to `<workdir>/config.json` and resumes a checkpoint only if they match.
+    """
+    settings: dict[str, Any] = config.trajectory_fields()
+    if loss is not None and loss is not cross_entropy_loss:
+        settings["loss"] = hook_json(loss)
+    if forward is not None and forward is not classifier_forward:
+        settings["forward"] = hook_json(forward)
+    # Through JSON and back: tuples become lists, as when read from the file.
+    return json.loads(json.dumps(settings))
+
+
+def stored_run_settings(workdir: str | Path) -> dict[str, Any] | None:
+    """The settings recorded in `<workdir>/config.json` (see `run_settings`); None if absent.
+
+    Files written before the loss hooks are read in today's form: their DAR fields become
+    the `"loss"` entry (or nothing, for a run without DAR).
+    """
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
         return None
-    hard = np.load(config.difficulty_file)
-    if hard.shape != (n,) or hard.dtype != bool:
-        raise ValueError(
-            f"{config.difficulty_file} must hold [{n}] bool flags (one per training example "
-            f"after the holdout), got {hard.dtype} {hard.shape}"
-        )
-    return hard
+    stored = json.loads(path.read_text())
+    if not any(k in stored for k in _LEGACY_DAR_KEYS):
+        return stored
+    settings = {k: v for k, v in stored.items() if k not in _LEGACY_DAR_KEYS}
+    if stored.get("difficulty_file") is not None:
+        # The form of elang_jax.cascade._dar.DifficultyAwareLoss.to_json().
+        settings["loss"] = {
+            "name": "cascadebert_dar",
+            "difficulty_file": stored["difficulty_file"],
+            "weight": stored.get("dar_weight", 0.5),
+            "margin": stored.get("dar_margin", 0.5),
+        }
+    return settings
+
+
+def _check_resumable(workdir: Path, settings: Mapping[str, Any]) -> None:
+    """Refuses to resume a checkpoint written under different training settings."""
+    # Without a checkpoint there is nothing to resume: a run that failed before its first
+    # save may be restarted with other settings.
+    old = stored_run_settings(workdir)
+    if old is not None and any((workdir / CHECKPOINT_DIR).glob("[0-9]*")):
+        # Fields only the old file has were removed from the config since: not compared. The
+        # hooks are compared whichever side has them.
+        keys = set(settings) | set(_HOOK_KEYS)
+        diff = sorted(k for k in keys if old.get(k) != settings.get(k))
+        if diff:
+            details = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff)
+            raise ValueError(
+                f"{workdir} holds a run with different settings ({details}); use a fresh "
+                "workdir, or the same settings to resume"
+            )
+    (workdir / CONFIG_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+
+
+class _TrainState(NamedTuple):
+    # Assigned as one tuple so that a Ctrl-C never sees parameters of step s + 1 with step s.
+    params: Any
+    opt_state: Any
+    step: int
 
 
 class _MetricsLog:
@@ -389,40 +183,32 @@ class _MetricsLog:
             f.write(json.dumps(dict(record), sort_keys=True) + "\n")
 
 
-def _check_resumable(workdir: Path, config: FinetuneConfig) -> None:
-    """Refuses to resume a checkpoint written under different training settings."""
-    path = workdir / CONFIG_FILE
-    # Without a checkpoint there is nothing to resume: a run that failed before its first
-    # save may be restarted with other settings.
-    if path.exists() and any((workdir / CHECKPOINT_DIR).glob("[0-9]*")):
-        old = json.loads(path.read_text())
-        new = config.trajectory_fields()
-        diff = sorted(k for k in set(old) | set(new) if k in new and old.get(k) != new.get(k))
-        if diff:
-            details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-            raise ValueError(
-                f"{workdir} holds a run with different settings ({details}); use a fresh "
-                "workdir, or the same settings to resume"
-            )
-    path.write_text(json.dumps(config.trajectory_fields(), indent=2, sort_keys=True))
-
-
-def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str, Any]:
+def train_and_evaluate(
+    config: FinetuneConfig,
+    workdir: str | Path,
+    *,
+    loss: LossHook | None = None,
+    forward: ForwardHook | None = None,
+) -> dict[str, Any]:
     """Fine-tunes, checkpointing and evaluating along the way; resumes from workdir if it can.
 
     Writes under `workdir`:
       * `checkpoints/<step>/`: orbax checkpoints of params, optimizer state and step (the
         latest `keep_checkpoints`), also written when interrupted with Ctrl-C;
-      * `metrics.jsonl`: a line per logged step (step, loss, lr, examples_per_s, ...) and per
-        evaluation (`"eval": <split>` plus the metrics); steps re-run after a resume are
-        logged again;
-      * `config.json`: the settings that decide the trajectory, checked on resume;
+      * `metrics.jsonl`: a line per logged step (step, loss, lr, examples_per_s, the loss
+        hook's metrics, ...) and per evaluation (`"eval": <split>` plus the metrics); steps
+        re-run after a resume are logged again;
+      * `config.json`: the settings that decide the trajectory (`run_settings`), checked on
+        resume;
       * `final/`: the model at the last step as a Hugging Face directory with the tokenizer
-        (also when `max_steps` stopped the run early; not after a Ctrl-C).
+        (also when `max_steps` or `max_minutes` stopped the run early; not after a Ctrl-C).
 
     Args:
       config: what and how to train.
       workdir: output directory; an existing checkpoint there is resumed exactly.
+      loss: the loss hook (`LossHook`); None: mean cross-entropy (`cross_entropy_loss`).
+      forward: the forward hook (`ForwardHook`); None: the classifier's own forward.
+        Evaluation always runs the plain classifier.
 
     Returns:
       The final evaluation metrics on `config.eval_split` (e.g. `accuracy`, `f1`, `loss`),
@@ -430,7 +216,7 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_resumable(workdir, config)
+    _check_resumable(workdir, run_settings(config, loss=loss, forward=forward))
     metrics_log = _MetricsLog(workdir / METRICS_FILE)
     task = data.GLUE_TASKS[config.task]
 
@@ -440,7 +226,7 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
     model = build_model(config)
     vocab = model.config.vocab_size
     train_set = _encode(tokenizer, config, config.train_split, config.train_limit, vocab)
-    hard = _difficulty(config, len(train_set))
+    arrays = example_arrays(loss, len(train_set))
     eval_set = _encode(tokenizer, config, config.eval_split, config.eval_limit, vocab)
     buckets = data.LengthBuckets(config.buckets)
 
@@ -450,7 +236,9 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
 
     schedule = learning_rate_schedule(config, total_steps)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    optimizer, train_step = _optimizer_and_train_step(graphdef, _step_key(config), total_steps)
+    optimizer, train_step = _optimizer_and_train_step(
+        graphdef, _step_key(config), total_steps, loss, forward
+    )
     # Committed to the device like the arrays orbax restores: jit compiles separately for
     # committed and uncommitted arguments, and a resumed run would otherwise compile its
     # steps twice.
@@ -513,11 +301,13 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
     bar = _progress_bar(config, state.step, end_step)
     scores: dict[str, Any] = {}
     scores_step = -1
+    deadline = None if config.max_minutes is None else time.monotonic() + 60 * config.max_minutes
+    out_of_time = False
     try:
-        window_loss: list[Array] = []
+        window: list[dict[str, Any]] = []
         window_examples = 0
         window_start = time.perf_counter()
-        while state.step < end_step:
+        while state.step < end_step and not out_of_time:
             epoch, start_batch = divmod(state.step, batches_per_epoch)
             batches = data.iterate_batches(
                 train_set,
@@ -531,36 +321,36 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
             )
             for batch in _take(batches, end_step - state.step):
                 device_batch = _device_batch(batch)
-                if hard is not None:
-                    device_batch["hard"] = np.where(batch.valid, hard[batch.index], False)
+                device_batch.update(batch_rows(arrays, batch))
                 params, opt_state, step_metrics = train_step(
                     state.params,
                     rest,
                     state.opt_state,
                     device_batch,
                     np.int32(state.step),
+                    step_variant(forward, state.step),
                 )
                 state = _TrainState(params, opt_state, state.step + 1)
-                window_loss.append(step_metrics["loss"])
+                window.append(step_metrics)
                 window_examples += batch.num_valid
                 bar.update(1)
-                if state.step % config.log_every == 0 or state.step == end_step:
+                out_of_time = deadline is not None and time.monotonic() > deadline
+                if state.step % config.log_every == 0 or state.step == end_step or out_of_time:
                     # float() waits for the device: only here, so that the host prepares the
                     # next batches while the device computes.
-                    loss = float(np.mean([float(x) for x in window_loss]))
                     elapsed = time.perf_counter() - window_start
                     record = {
                         "step": state.step,
                         "epoch": round(state.step / batches_per_epoch, 4),
-                        "loss": loss,
+                        **_window_means(window),
                         "lr": float(schedule(state.step - 1)),
                         "grad_norm": float(step_metrics["grad_norm"]),
                         "examples_per_s": window_examples / max(elapsed, 1e-9),
-                        "steps_per_s": len(window_loss) / max(elapsed, 1e-9),
+                        "steps_per_s": len(window) / max(elapsed, 1e-9),
                     }
                     metrics_log.write(record)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}")
-                    window_loss, window_examples = [], 0
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+                    window, window_examples = [], 0
                     window_start = time.perf_counter()
                 if config.save_every and state.step % config.save_every == 0:
                     save(state)
@@ -568,6 +358,9 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
                     scores, scores_step = run_eval(state), state.step
                     bar.write(f"step {state.step}: {_format(scores)}")
                     window_start = time.perf_counter()  # evaluation is not training time
+                if out_of_time:
+                    log.warning("max_minutes=%s reached at step %d", config.max_minutes, state.step)
+                    break
         save(state)
     except KeyboardInterrupt:
         # Leave a checkpoint of the last completed step behind, then stop as asked.
@@ -586,32 +379,49 @@ def train_and_evaluate(config: FinetuneConfig, workdir: str | Path) -> dict[str,
     from elang_jax.hf import save_pretrained
 
     save_pretrained(nnx.merge(graphdef, state.params, rest), workdir / FINAL_DIR, tokenizer)
-    metrics_log.write({"step": state.step, "final": True, **scores})
+    final = {"step": state.step, "final": True, **scores}
+    if out_of_time:
+        final["stopped_early"] = True
+    metrics_log.write(final)
     return {**scores, "step": state.step}
+
+
+def _window_means(window: list[dict[str, Any]]) -> dict[str, float]:
+    # The loss and the loss hook's metrics, averaged over the steps since the last record.
+    names = [k for k in window[-1] if k != "grad_norm"]
+    return {k: float(np.mean([float(m[k]) for m in window])) for k in names}
 
 
 def _step_key(config: FinetuneConfig) -> FinetuneConfig:
     # The config with every field that cannot change the compiled step set to a fixed value.
     return config.replace(
         max_steps=None,
+        max_minutes=None,
         eval_every=0,
         save_every=0,
         keep_checkpoints=1,
         log_every=1,
         progress=False,
         eval_limit=None,
+        data_source=data.DataSource.TSV,
+        data_dir=None,
     )
 
 
 @functools.lru_cache(maxsize=4)
 def _optimizer_and_train_step(
-    graphdef: nnx.GraphDef, config: FinetuneConfig, total_steps: int
+    graphdef: nnx.GraphDef,
+    config: FinetuneConfig,
+    total_steps: int,
+    loss: LossHook | None,
+    forward: ForwardHook | None,
 ) -> tuple[optax.GradientTransformation, TrainStep]:
-    # Compiling a train step takes seconds; runs in one process that share the model and the
-    # optimizer settings (a run and the run resuming it, tests) share the compiled step.
+    # Compiling a train step takes seconds; runs in one process that share the model, the
+    # optimizer settings and the hooks (a run and the run resuming it, tests) share the
+    # compiled step.
     optimizer = make_optimizer(config, total_steps)
-    dar = None if config.difficulty_file is None else (config.dar_weight, config.dar_margin)
-    return optimizer, make_train_step(graphdef, optimizer, jax.random.key(config.seed), dar)
+    key = jax.random.key(config.seed)
+    return optimizer, make_train_step(graphdef, optimizer, key, loss=loss, forward=forward)
 
 
 def _abstract(tree: Any) -> Any:

@@ -16,8 +16,6 @@ the builder)::
 
     import elang_jax.data.glue_tfds  # registers "glue_tfds"
     import tensorflow_datasets as tfds
-from etils import epath
-from tensorflow_datasets.core import utils as tfds_utils
 
     dev = tfds.data_source("glue_tfds/rte", split="validation", data_dir="/tmp/tfds")
 
