@@ -1,6 +1,15 @@
 """elang_jax: adaptive-compute inference for pretrained transformers in JAX/Flax NNX.
 
 Public API, grouped by area. Implementations live in private modules.
+
+Shape vocabulary, used in every signature (jaxtyping), shape comment and einsum:
+
+  b  batch rows             t  padded length (query tokens)   s  key / source tokens
+  d  model width            h  attention heads                k  head width
+  f  FFN width              c  classes                        v  vocabulary
+  n  rows or tokens kept in a bucket / after pruning          m  new tokens, or examples
+  x  exits                  e  experts                        K  cascade tiers
+  l1 embeddings plus layers (exit feature history)
 """
 
 from elang_jax._version import __version__

@@ -1,10 +1,16 @@
-"""The compaction core shared by every adaptive-compute method.
+"""The compaction core: run the costly part of a step on a data-dependent subset of rows.
 
 Score the batch, choose a data-dependent subset (a boolean `route` per example), pack the
 chosen examples into the smallest static bucket that holds them, run the costly function on
 that bucket only, and scatter its results back. `lax.switch` picks the bucket, so each
-bucket size compiles once and the empty bucket runs nothing. Cascades, early exit, MoE
-dispatch and token pruning are all instances of it.
+bucket size compiles once and the empty bucket runs nothing.
+
+Who uses it: the cascade tier loop (`elang_jax.engine.cascade_loop`: a tier runs on the
+rows the previous one escalated), the multi-exit loop (a segment runs on the rows still
+running) and the seq2seq cascade (each decoder on its own rows). Two methods keep static
+shapes differently and do not use it: ACC token pruning keeps a static count of tokens
+inside every example (`elang_jax.pruning.gather_tokens`), and the MoE FFN sizes each
+expert's buffer from the routing (`elang_jax.moe`).
 
 Worked example, batch 8, buckets (0, 2, 4, 8), route = [0 1 0 0 1 1 0 0]:
   count = 3 -> bucket 4; order = [1 4 5 | 0 2 3 6 7] (stable: routed first, in batch order);

@@ -27,8 +27,10 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from elang_jax.models._common import check_mask, check_token_ids, update_cache
+from elang_jax.models._decode import greedy_loop
 from elang_jax.models._gpt2 import GPT2LMHeadModel, causal_bias
-from elang_jax.models._t5 import T5ForConditionalGeneration, _masked_bias
+from elang_jax.models._t5 import T5ForConditionalGeneration
+from elang_jax.models._t5_layers import _masked_bias
 from elang_jax.routing import score
 
 
@@ -184,8 +186,6 @@ def _gpt2_jit(graphdef, state, input_ids, mask, lam, *, max_new_tokens, config):
     num_layers = len(tr.layers)
     b, t = input_ids.shape
     n = max_new_tokens
-    eos = jnp.int32(-1 if model.config.eos_token_id is None else model.config.eos_token_id)
-    pad = jnp.int32(model.config.generation_pad_id)
     position_ids = jnp.where(mask == 1, jnp.cumsum(mask, axis=1) - 1, 0)
     # [b (t + n)]
     full_mask = jnp.concatenate([mask, jnp.ones((b, n), jnp.int32)], axis=1)
@@ -193,12 +193,11 @@ def _gpt2_jit(graphdef, state, input_ids, mask, lam, *, max_new_tokens, config):
         input_ids, full_mask, position_ids, cache=model.init_cache(b, t + n), cache_index=0
     )
     first = jnp.argmax(prefill.logits[:, -1], axis=-1).astype(jnp.int32)
-    tokens = jnp.full((b, n), pad, jnp.int32).at[:, 0].set(first)
-    layers_out = jnp.zeros((b, n), jnp.int32).at[:, 0].set(num_layers)
+    # [b (t + n)]
     key_pos = jnp.broadcast_to(jnp.arange(t + n, dtype=jnp.int32), (b, t + n))
 
-    def step(carry):
-        i, tokens, layers_out, cache, prev, pos, done = carry
+    def step(i, prev, carry):
+        cache, pos = carry
         idx = t + i - 1
         bias = causal_bias(jnp.full((b, 1), idx, jnp.int32), key_pos, full_mask)
         h = tr.embed(prev[:, None], (pos + 1)[:, None])
@@ -215,26 +214,19 @@ def _gpt2_jit(graphdef, state, input_ids, mask, lam, *, max_new_tokens, config):
         logits, new_cache, used = _exit_token(
             num_layers, h, list(cache), full_layer, kv_only, model.logits, lam_t, config
         )
-        nxt = jnp.where(done, pad, jnp.argmax(logits, -1).astype(jnp.int32))
-        tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, i))
-        used = jnp.where(done, 0, used)
-        layers_out = jax.lax.dynamic_update_slice(layers_out, used[:, None], (0, i))
-        return i + 1, tokens, layers_out, tuple(new_cache), nxt, pos + 1, done | (nxt == eos)
+        return logits, (tuple(new_cache), pos + 1), used
 
-    def cond(carry):
-        return (carry[0] < n) & ~jnp.all(carry[-1])
-
-    carry = (
-        jnp.int32(1),
-        tokens,
-        layers_out,
-        prefill.cache,
-        first,
-        position_ids[:, -1],
-        first == eos,
+    out = greedy_loop(
+        step,
+        (prefill.cache, position_ids[:, -1]),
+        first_token=first,
+        max_new_tokens=n,
+        eos=model.config.eos_token_id,
+        pad=model.config.generation_pad_id,
+        # The prefill ran the whole stack for the first token.
+        extras=jnp.full((b,), num_layers, jnp.int32),
     )
-    out = jax.lax.while_loop(cond, step, carry)
-    return CalmOutput(tokens=out[1], layers=out[2])
+    return CalmOutput(tokens=out.tokens, layers=out.extras)
 
 
 # ---------------------------------------------------------------------------- T5
@@ -271,13 +263,14 @@ def _t5_jit(graphdef, state, input_ids, mask, lam, *, max_new_tokens, config):
     cross = cache.cross_attention
     # [b 1 1 s]
     cross_bias = jnp.where(mask[:, None, None, :].astype(bool), 0.0, jnp.finfo(jnp.float32).min)
+    # [1 n]
     key_pos = jnp.arange(n, dtype=jnp.int32)[None]
 
     def head(h):
         return model.lm_logits(dec.final_norm(h))
 
-    def body(carry):
-        i, token, done, self_cache, tokens, layers_out = carry
+    def step(i, token, self_cache):
+        # [1 1]
         query_pos = jnp.full((1, 1), i, jnp.int32)
         # [1 1 1 n]
         causal = (key_pos[:, None, :] <= query_pos[:, :, None])[:, None]
@@ -299,25 +292,19 @@ def _t5_jit(graphdef, state, input_ids, mask, lam, *, max_new_tokens, config):
         logits, new_self, used = _exit_token(
             num_layers, h, list(self_cache), full_layer, kv_only, head, lam_t, config
         )
-        new = jnp.where(done, c.pad_token_id, jnp.argmax(logits, -1).astype(jnp.int32))
-        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], i, axis=1)
-        used = jnp.where(done, 0, used)
-        layers_out = jax.lax.dynamic_update_slice_in_dim(layers_out, used[:, None], i, axis=1)
-        return i + 1, new, done | (new == c.eos_token_id), tuple(new_self), tokens, layers_out
+        return logits, tuple(new_self), used
 
-    def cond(carry):
-        return (carry[0] < n) & ~jnp.all(carry[2])
-
-    carry = (
-        jnp.int32(0),
-        jnp.full((b,), c.decoder_start_token_id, jnp.int32),
-        jnp.zeros((b,), bool),
+    out = greedy_loop(
+        step,
         cache.self_attention,
-        jnp.full((b, n), c.pad_token_id, jnp.int32),
-        jnp.zeros((b, n), jnp.int32),
+        start_token=jnp.full((b,), c.decoder_start_token_id, jnp.int32),
+        max_new_tokens=n,
+        eos=c.eos_token_id,
+        pad=c.pad_token_id,
+        # Only the dtype and shape matter: the start token is not an output.
+        extras=jnp.zeros((b,), jnp.int32),
     )
-    out = jax.lax.while_loop(cond, body, carry)
-    return CalmOutput(tokens=out[4], layers=out[5])
+    return CalmOutput(tokens=out.tokens, layers=out.extras)
 
 
 def mean_layers_per_token(out: CalmOutput) -> float:

@@ -50,13 +50,13 @@ class MultiExitOutput:
     """Every exit's logits for a batch (training and offline analysis).
 
     Attributes:
-      logits: [e b c] float32, exit k's logits (the last is the model's own head).
+      logits: [x b c] float32, exit k's logits (the last is the model's own head).
       features: [b l+1 d] what the heads read from the embeddings and every layer: the
         [CLS] vector or the mean over real tokens (`MultiExitConfig.pooling`).
       last_cls: [b d] the final layer's [CLS] vector (the model's own head reads it).
     """
 
-    logits: Float[Array, "e b c"]
+    logits: Float[Array, "x b c"]
     features: Float[Array, "b l1 d"]
     last_cls: Float[Array, "b d"]
 
@@ -191,7 +191,7 @@ class MultiExit(nnx.Module):
 
     def logits_from_features(
         self, feats: Float[Array, "b l1 d"], last_cls: Float[Array, "b d"]
-    ) -> Float[Array, "e b c"]:
+    ) -> Float[Array, "x b c"]:
         """Every exit's logits from precomputed features (two-stage exit training)."""
         # [b d] -> [b 1 d]: the head reads token 0 only.
         last = last_cls[:, None]

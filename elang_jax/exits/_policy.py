@@ -29,7 +29,7 @@ class ExitDecisions:
 def exit_scores(
     logits: np.ndarray, policy: ExitPolicy | str, temperatures: np.ndarray | None = None
 ) -> np.ndarray:
-    """[e n] float32 confidence of every exit under the policy's score."""
+    """[x n] float32 confidence of every exit under the policy's score."""
     policy = ExitPolicy(policy)
     logits = np.asarray(logits, np.float32)
     if logits.ndim != 3:
@@ -49,7 +49,7 @@ def simulate_exits(
     temperatures: np.ndarray | None = None,
     scores: np.ndarray | None = None,
 ) -> ExitDecisions:
-    """The compiled step's decisions from every exit's logits [e n c]."""
+    """The compiled step's decisions from every exit's logits [x n c]."""
     policy = ExitPolicy(policy)
     logits = np.asarray(logits, np.float32)
     e, n, _ = logits.shape

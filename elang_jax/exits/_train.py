@@ -24,7 +24,7 @@ from elang_jax.exits._multi_exit import MultiExit
 
 
 def joint_loss(
-    logits: Float[Array, "e b c"],
+    logits: Float[Array, "x b c"],
     labels: Int[Array, " b"],
     exit_layers: tuple[int, ...],
     weighting: LossWeighting | str = LossWeighting.UNIFORM,
@@ -32,7 +32,7 @@ def joint_loss(
 ) -> Float[Array, ""]:
     """Weighted mean over exits of the per-exit cross-entropy (mean over valid rows)."""
     w = jnp.asarray(loss_weights(weighting, exit_layers), jnp.float32)
-    # [e b c] -> per-exit, per-example CE [e b].
+    # [x b c] -> per-exit, per-example CE [x b].
     ce = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), jnp.broadcast_to(labels, logits.shape[:2])
     )
@@ -66,7 +66,7 @@ def collect_features(
 def dataset_exit_logits(
     model: MultiExit, encoded: D.Encoded, batch_size: int = 64, buckets=None
 ) -> np.ndarray:
-    """[e n c] float32 logits of every exit over a whole dataset, in its order: the input of
+    """[x n c] float32 logits of every exit over a whole dataset, in its order: the input of
     `fit_exit_temperatures`, `calibrate_exits` and `simulate_exits`."""
     feats, last_cls = collect_features(model, encoded, batch_size, buckets)
     return np.asarray(model.logits_from_features(feats, last_cls), np.float32)

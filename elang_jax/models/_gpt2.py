@@ -1,4 +1,4 @@
-"""GPT-2 decoder in Flax NNX: backbone, causal-LM head, KV-cached greedy generation.
+"""GPT-2 decoder in Flax NNX: backbone and causal-LM head with a functional KV cache.
 
 The backbone exposes what the adaptive-compute methods need:
   * `embed` then `run_layers(h, mask, start, stop, positions=...)`: run any range of layers on
@@ -9,7 +9,10 @@ The backbone exposes what the adaptive-compute methods need:
   * `layer.ffn`, a pluggable feed-forward module (MoE layers replace it);
   * a functional KV cache: `init_cache` returns one `KVCache` per layer, every call that takes
     a cache returns the updated one, and no NNX state changes during decoding, so the decode
-    loop runs inside `jax.jit` / `lax.while_loop`.
+    loop runs inside `jax.jit` and the shared greedy loop (`elang_jax.models._decode`).
+
+The configuration lives in `_gpt2_config`, greedy generation in `_gpt2_generate`; both are
+re-exported here, the import path the rest of the library uses.
 
 Shape names follow `elang_jax.models._common` (b t s d h k f v l c); `n` is the number of new
 tokens in generation.
@@ -17,13 +20,9 @@ tokens in generation.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import math
-from typing import Any
 
 import flax.struct
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -33,7 +32,6 @@ from elang_jax.models._common import (
     FeedForward,
     KVCache,
     MultiHeadAttention,
-    activation_fn,
     check_length,
     check_mask,
     check_token_ids,
@@ -41,85 +39,23 @@ from elang_jax.models._common import (
     is_concrete,
     update_cache,
 )
+from elang_jax.models._gpt2_config import GPT2Config
+from elang_jax.models._gpt2_generate import _generate_jit, greedy_decode
 from elang_jax.models._outputs import EncoderOutput, LMOutput
+
+__all__ = [
+    "Cache",
+    "DecoderOutput",
+    "GPT2Block",
+    "GPT2Config",
+    "GPT2LMHeadModel",
+    "GPT2Model",
+    "causal_bias",
+    "greedy_decode",
+]
 
 # One KVCache per layer of the whole stack (also when only a range of layers runs).
 Cache = tuple[KVCache, ...]
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class GPT2Config:
-    """Configuration of a GPT-2 decoder. Field names follow Hugging Face's `GPT2Config`
-    except the dropout rates; see `elang_jax.hf` for the mapping to and from config.json."""
-
-    vocab_size: int
-    n_positions: int = 1024
-    n_embd: int = 768
-    n_layer: int = 12
-    n_head: int = 12
-    n_inner: int | None = None  # None: 4 * n_embd
-    activation_function: str = "gelu_new"
-    resid_dropout: float = 0.1
-    embd_dropout: float = 0.1
-    attn_dropout: float = 0.1
-    layer_norm_epsilon: float = 1e-5
-    bos_token_id: int | None = 50256
-    eos_token_id: int | None = 50256
-    pad_token_id: int | None = None  # None: generation pads with eos_token_id, as HF does
-    dtype: Any = None  # compute dtype; parameters stay float32
-
-    def __post_init__(self):
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_inner is not None and self.n_inner <= 0:
-            raise ValueError(f"n_inner must be positive or None, got {self.n_inner}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        for name in ("resid_dropout", "embd_dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        # Token ids may lie outside the vocabulary (HF's default GPT2Config keeps 50256 for
-        # tiny test vocabularies): such an eos is simply never generated.
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0 or None, got {value}")
-        activation_fn(self.activation_function)  # raises on an unknown activation name
-
-    @functools.cached_property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @functools.cached_property
-    def d_ff(self) -> int:
-        return 4 * self.n_embd if self.n_inner is None else self.n_inner
-
-    @property
-    def generation_pad_id(self) -> int:
-        """Token emitted after EOS: pad_token_id, else eos_token_id, else 0."""
-        for value in (self.pad_token_id, self.eos_token_id):
-            if value is not None:
-                return value
-        return 0
-
-    def replace(self, **kw) -> GPT2Config:
-        return dataclasses.replace(self, **kw)
-
-    @classmethod
-    def tiny(cls, **kw) -> GPT2Config:
-        """A few-kilobyte config for tests; bos = eos = the last vocabulary id."""
-        base = dict(vocab_size=99, n_positions=64, n_embd=32, n_layer=2, n_head=4)
-        merged = {**base, **kw}
-        for name in ("bos_token_id", "eos_token_id"):
-            merged.setdefault(name, merged["vocab_size"] - 1)
-        return cls(**merged)
-
-    @classmethod
-    def gpt2_small(cls, **kw) -> GPT2Config:
-        """GPT-2 small (124M parameters), the `gpt2` checkpoint."""
-        base = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
-        return cls(**{**base, **kw})
 
 
 @flax.struct.dataclass
@@ -533,80 +469,3 @@ class GPT2LMHeadModel(nnx.Module):
             jnp.int32(pad),
             max_new_tokens=int(max_new_tokens),
         )
-
-
-def greedy_decode(
-    model: GPT2LMHeadModel,
-    input_ids: Int[Array, "b t"],
-    attention_mask: Int[Array, "b t"],
-    max_new_tokens: int,
-    *,
-    eos_token_id: Int[Array, ""] | int | None,
-    pad_token_id: Int[Array, ""] | int,
-) -> Int[Array, "b n"]:
-    """The greedy decode loop as a pure function of the model (no checks, no `jit` of its
-    own): prefill the cache with the left-padded prompt, then one token per
-    `lax.while_loop` step, stopping early once every row has emitted EOS.
-
-    `eos_token_id` and `pad_token_id` may be traced; an eos of None or -1 never stops.
-    """
-    b, t = input_ids.shape
-    n = max_new_tokens
-    eos = jnp.asarray(-1 if eos_token_id is None else eos_token_id, jnp.int32)
-    pad = jnp.asarray(pad_token_id, jnp.int32)
-    mask = attention_mask.astype(jnp.int32)
-    # [b t]; padding gets position 0 (any valid id: padding is never attended to).
-    position_ids = jnp.where(mask == 1, jnp.cumsum(mask, axis=1) - 1, 0)
-    # [b (t + n)]: every generated token is real.
-    full_mask = jnp.concatenate([mask, jnp.ones((b, n), jnp.int32)], axis=1)
-
-    prefill = model(
-        input_ids,
-        full_mask,
-        position_ids,
-        cache=model.init_cache(b, t + n),
-        cache_index=0,
-    )
-    # Left padding puts every row's last real token in the last column.
-    first = jnp.argmax(prefill.logits[:, -1], axis=-1).astype(jnp.int32)
-    tokens = jnp.full((b, n), pad, jnp.int32).at[:, 0].set(first)
-
-    def cond(carry):
-        i, _, _, _, _, done = carry
-        return (i < n) & ~jnp.all(done)
-
-    def step(carry):
-        i, tokens, cache, prev, pos, done = carry
-        # Token i - 1 goes into slot t + i - 1; its logits give token i.
-        out = model(
-            prev[:, None],
-            full_mask,
-            pos[:, None] + 1,
-            cache=cache,
-            cache_index=t + i - 1,
-        )
-        nxt = jnp.argmax(out.logits[:, 0], axis=-1).astype(jnp.int32)
-        nxt = jnp.where(done, pad, nxt)
-        # [b 1] into column i of the output
-        tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, i))
-        return i + 1, tokens, out.cache, nxt, pos + 1, done | (nxt == eos)
-
-    carry = (jnp.int32(1), tokens, prefill.cache, first, position_ids[:, -1], first == eos)
-    return jax.lax.while_loop(cond, step, carry)[1]
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _generate_jit(
-    graphdef, state, input_ids, attention_mask, eos_token_id, pad_token_id, *, max_new_tokens
-):
-    # split + jit + merge is the cheapest way to call a module under jit (docs/stack.md).
-    # The token ids are traced so that changing them does not recompile.
-    model = nnx.merge(graphdef, state)
-    return greedy_decode(
-        model,
-        input_ids,
-        attention_mask,
-        max_new_tokens,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-    )

@@ -1,15 +1,14 @@
 """T5 encoder-decoder (T5 v1.0, T5 v1.1, Flan-T5) in Flax NNX, with greedy KV-cached decoding.
 
-What sets T5 apart from the BERT family, and how this file handles it:
-  * RMS layer norm without bias or mean subtraction, computed in float32 (`T5LayerNorm`);
-    pre-norm layers with a final norm per stack;
-  * no position embeddings: a learned relative position bias, owned by each stack and computed
-    once per call, is added to the attention logits of every layer of that stack (HF keeps
-    the table in block 0 and shares its output; same thing). Bidirectional buckets in the
-    encoder, causal buckets in the decoder;
-  * no 1/sqrt(k) scaling of attention logits (folded into the initialisation);
-  * v1.0 ties the LM head to the embeddings and scales the decoder output by d_model**-0.5;
-    v1.1 / Flan-T5 has its own untied head and no scaling.
+This module holds the models; the pieces live in private siblings and are re-exported here,
+the import path the rest of the library uses:
+  * `_t5_config`: `T5Config`;
+  * `_t5_layers`: RMS norm, relative position buckets and bias, layers and stacks (what sets
+    T5 apart from the BERT family is described there);
+  * `_t5_generate`: greedy generation (`t5_greedy`, `t5_greedy_from_encoder`).
+
+v1.0 ties the LM head to the embeddings and scales the decoder output by d_model**-0.5;
+v1.1 / Flan-T5 has its own untied head and no scaling.
 
 The encoder exposes what the adaptive-compute methods need, like `BertModel`:
   * `embed` then `encoder.run_layers(h, mask, start, stop, positions=...)`: any range of
@@ -20,7 +19,7 @@ The encoder exposes what the adaptive-compute methods need, like `BertModel`:
   * `layer.ffn`, a pluggable feed-forward module (MoE layers replace it).
 
 Decoding is functional: `decode(..., cache, cache_index)` returns the new cache in
-`LMOutput.cache` and never mutates NNX state, so it runs inside `lax.while_loop`. The
+`LMOutput.cache` and never mutates NNX state, so it runs inside jitted loops. The
 self-attention cache has a static length; the cross-attention keys/values are computed once
 from the encoder output and carried in the same cache.
 
@@ -33,279 +32,45 @@ decoder's cross-attention and n for the number of generated tokens.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import math
-from typing import Any
-
 import flax.struct
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Float, Int
 
 from elang_jax.models._common import (
-    FeedForward,
     KVCache,
-    MultiHeadAttention,
-    activation_fn,
     check_mask,
     check_token_ids,
     dropout,
     is_concrete,
-    update_cache,
 )
 from elang_jax.models._outputs import EncoderOutput, LMOutput
+from elang_jax.models._t5_config import T5Config
+from elang_jax.models._t5_generate import _t5_greedy_jit, t5_greedy, t5_greedy_from_encoder
+from elang_jax.models._t5_layers import (
+    RelativePositionBias,
+    T5DecoderStack,
+    T5EncoderStack,
+    T5Layer,
+    T5LayerNorm,
+    relative_position_bucket,
+)
+from elang_jax.models._t5_layers import _masked_bias as _masked_bias  # tests import it from here
 
-# ---------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class T5Config:
-    """Configuration of a T5 encoder-decoder. Field names follow Hugging Face's T5Config; see
-    `elang_jax.hf` for the mapping from and to `config.json`.
-
-    Attributes:
-      num_decoder_layers: None means as many as `num_layers`.
-      feed_forward_proj: "relu" (v1.0), "gated-gelu" (v1.1 / Flan-T5: GELU with the tanh
-        approximation, as in Hugging Face), or more generally "[gated-]<activation>".
-      tie_word_embeddings: True (v1.0): the LM head is the embedding matrix and the decoder
-        output is scaled by d_model**-0.5. False (v1.1): an untied `lm_head`, no scaling.
-      dtype: compute dtype; parameters and layer norms stay float32.
-    """
-
-    vocab_size: int
-    d_model: int
-    d_kv: int
-    d_ff: int
-    num_layers: int
-    num_decoder_layers: int | None = None
-    num_heads: int
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    dropout_rate: float = 0.1
-    layer_norm_epsilon: float = 1e-6
-    feed_forward_proj: str = "relu"
-    tie_word_embeddings: bool = True
-    pad_token_id: int = 0
-    eos_token_id: int = 1
-    decoder_start_token_id: int = 0
-    dtype: Any = None
-
-    def __post_init__(self):
-        if self.num_decoder_layers is None:
-            object.__setattr__(self, "num_decoder_layers", self.num_layers)
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_heads"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("num_layers", "num_decoder_layers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        nb, md = self.relative_attention_num_buckets, self.relative_attention_max_distance
-        if nb < 4:
-            raise ValueError(f"relative_attention_num_buckets must be >= 4, got {nb}")
-        # The log-spaced buckets start at nb // 2 (decoder); a max distance at or below that
-        # divides by log(1) = 0.
-        if md <= nb // 2:
-            raise ValueError(
-                f"relative_attention_max_distance={md} must exceed "
-                f"relative_attention_num_buckets // 2 = {nb // 2}"
-            )
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        for name in ("pad_token_id", "eos_token_id", "decoder_start_token_id"):
-            if not 0 <= getattr(self, name) < self.vocab_size:
-                raise ValueError(
-                    f"{name}={getattr(self, name)} is outside the vocabulary [0, {self.vocab_size})"
-                )
-        activation_fn(self.activation)  # raises on an unknown activation name
-
-    @property
-    def is_gated(self) -> bool:
-        return self.feed_forward_proj.startswith("gated-")
-
-    @property
-    def activation(self) -> str:
-        parts = self.feed_forward_proj.split("-")
-        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-            raise ValueError(
-                f"feed_forward_proj={self.feed_forward_proj!r} must be '<activation>' or "
-                "'gated-<activation>', e.g. 'relu' or 'gated-gelu'"
-            )
-        # Hugging Face maps "gated-gelu" to the tanh approximation (what v1.1 was trained with).
-        if self.feed_forward_proj == "gated-gelu":
-            return "gelu_new"
-        return parts[-1]
-
-    def replace(self, **kw) -> T5Config:
-        return dataclasses.replace(self, **kw)
-
-    @classmethod
-    def tiny(cls, **kw) -> T5Config:
-        """A few-kilobyte v1.0-style config (relu, tied head) for tests."""
-        base = dict(
-            vocab_size=99,
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_decoder_layers=3,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=20,
-        )
-        return cls(**{**base, **kw})
-
-    @classmethod
-    def tiny_v1_1(cls, **kw) -> T5Config:
-        """A few-kilobyte v1.1-style config (gated GELU, untied head) for tests."""
-        return cls.tiny(**{"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, **kw})
-
-    @classmethod
-    def t5_small(cls, **kw) -> T5Config:
-        """google-t5/t5-small (60.5M parameters)."""
-        base = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8)
-        return cls(**{**base, **kw})
-
-    @classmethod
-    def flan_t5_small(cls, **kw) -> T5Config:
-        """google/flan-t5-small (77.0M parameters)."""
-        base = dict(
-            vocab_size=32128,
-            d_model=512,
-            d_kv=64,
-            d_ff=1024,
-            num_layers=8,
-            num_heads=6,
-            feed_forward_proj="gated-gelu",
-            tie_word_embeddings=False,
-        )
-        return cls(**{**base, **kw})
-
-
-# ---------------------------------------------------------------------------
-# Layer norm and relative position buckets
-# ---------------------------------------------------------------------------
-
-
-class T5LayerNorm(nnx.Module):
-    """RMS norm: x / sqrt(mean(x^2) + eps) * scale, in float32 whatever the input dtype."""
-
-    def __init__(self, d_model: int, *, epsilon: float, dtype: Any = None):
-        self.scale = nnx.Param(jnp.ones((d_model,), jnp.float32))
-        self.epsilon = epsilon
-        self.dtype = dtype
-
-    def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
-        x32 = x.astype(jnp.float32)
-        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        y = x32 * jax.lax.rsqrt(variance + self.epsilon)
-        return (self.scale[...] * y).astype(self.dtype or x.dtype)
-
-
-@functools.cache
-def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
-    """Buckets of relative positions -max_distance..max_distance, computed on the host.
-
-    The arithmetic mirrors Hugging Face's `_relative_position_bucket` step by step in float32
-    (numpy's float32 log agrees with torch's): at the positions where the log-spaced formula
-    lands exactly on an integer (16, 32, 64 for the defaults) a one-ulp difference would move
-    a token to the next bucket, so the table is fixed on the host, the same on every device.
-    """
-    rel = np.arange(-max_distance, max_distance + 1, dtype=np.int64)
-    buckets = np.zeros_like(rel)
-    if bidirectional:
-        num_buckets //= 2
-        buckets += (rel > 0) * num_buckets
-        dist = np.abs(rel)
-    else:
-        dist = -np.minimum(rel, 0)
-    max_exact = num_buckets // 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        scaled = (
-            np.log(dist.astype(np.float32) / np.float32(max_exact))
-            / np.float32(math.log(max_distance / max_exact))
-            * np.float32(num_buckets - max_exact)
-        )
-    # log(0) = -inf only occurs for dist < max_exact, where the exact bucket is taken.
-    scaled = np.where(dist < max_exact, 0.0, scaled)
-    large = np.minimum(max_exact + scaled.astype(np.int64), num_buckets - 1)
-    return (buckets + np.where(dist < max_exact, dist, large)).astype(np.int32)
-
-
-def relative_position_bucket(
-    relative_position: Int[Array, "b t s"],
-    *,
-    bidirectional: bool,
-    num_buckets: int,
-    max_distance: int,
-) -> Int[Array, "b t s"]:
-    """T5's bucket of `key_position - query_position`, exactly as Hugging Face computes it.
-
-    Half the buckets are exact small distances, the rest log-spaced up to `max_distance`;
-    every distance beyond falls into the last bucket, which is why clipping to
-    [-max_distance, max_distance] before the table lookup changes nothing. Bidirectional
-    (encoder) buckets split into past and future halves; causal (decoder) buckets only count
-    the past (future keys are masked anyway).
-    """
-    table = jnp.asarray(_bucket_table(bidirectional, num_buckets, max_distance))
-    rel = jnp.clip(relative_position, -max_distance, max_distance)
-    return table[rel + max_distance]
-
-
-class RelativePositionBias(nnx.Module):
-    """The learned [buckets, h] table of one stack, turned into [b h t s] logit biases."""
-
-    def __init__(
-        self,
-        num_buckets: int,
-        num_heads: int,
-        max_distance: int,
-        *,
-        bidirectional: bool,
-        rngs: nnx.Rngs,
-    ):
-        # float32 whatever the compute dtype: the bias is added to float32 logits.
-        self.embedding = nnx.Param(
-            jax.random.normal(rngs.params(), (num_buckets, num_heads), jnp.float32)
-        )
-        self.num_buckets = num_buckets
-        self.max_distance = max_distance
-        self.bidirectional = bidirectional
-
-    def __call__(
-        self, query_positions: Int[Array, "b t"], key_positions: Int[Array, "b s"]
-    ) -> Float[Array, "b h t s"]:
-        # [b t s]
-        rel = key_positions[:, None, :] - query_positions[:, :, None]
-        buckets = relative_position_bucket(
-            rel,
-            bidirectional=self.bidirectional,
-            num_buckets=self.num_buckets,
-            max_distance=self.max_distance,
-        )
-        # [b t s h]
-        values = jnp.take(self.embedding[...], buckets, axis=0)
-        # [b t s h] -> [b h t s]
-        return jnp.transpose(values, (0, 3, 1, 2))
-
-
-def _masked_bias(
-    position_bias: Float[Array, "b h t s"], keep: Bool[Array, "b 1 t s"] | None
-) -> Float[Array, "b h t s"]:
-    """Masked logits get the float32 minimum instead of bias + minimum: adding two minima
-    (padding and causal) would overflow to -inf and turn a fully masked row into NaNs."""
-    if keep is None:
-        return position_bias
-    return jnp.where(keep, position_bias, jnp.finfo(jnp.float32).min)
-
-
-# ---------------------------------------------------------------------------
-# Layers and stacks
-# ---------------------------------------------------------------------------
+__all__ = [
+    "RelativePositionBias",
+    "T5Config",
+    "T5DecoderCache",
+    "T5DecoderStack",
+    "T5EncoderModel",
+    "T5EncoderStack",
+    "T5ForConditionalGeneration",
+    "T5Layer",
+    "T5LayerNorm",
+    "relative_position_bucket",
+    "t5_greedy",
+    "t5_greedy_from_encoder",
+]
 
 
 @flax.struct.dataclass
@@ -324,252 +89,6 @@ class T5DecoderCache:
     @property
     def max_length(self) -> int:
         return self.self_attention[0].key.shape[1]
-
-
-def _attention(config: T5Config, rngs: nnx.Rngs) -> MultiHeadAttention:
-    # T5 has no 1/sqrt(k) logit scaling: the query projection's initialisation absorbs it.
-    return MultiHeadAttention(
-        config.d_model,
-        config.num_heads,
-        config.d_kv,
-        use_bias=False,
-        scale=1.0,
-        dtype=config.dtype,
-        rngs=rngs,
-    )
-
-
-def _norm(config: T5Config) -> T5LayerNorm:
-    return T5LayerNorm(config.d_model, epsilon=config.layer_norm_epsilon, dtype=config.dtype)
-
-
-class T5Layer(nnx.Module):
-    """Pre-norm layer: h += Attn(LN(h)); [decoder: h += CrossAttn(LN(h), enc)]; h += FFN(LN(h)).
-
-    Attribute names match `BertLayer` (`attention`, `ffn`, ...) so that methods treat the
-    layers of every backbone alike.
-    """
-
-    def __init__(self, config: T5Config, *, cross_attention: bool, rngs: nnx.Rngs):
-        self.attention_norm = _norm(config)
-        self.attention = _attention(config, rngs)
-        self.cross_attention_norm = _norm(config) if cross_attention else None
-        self.cross_attention = _attention(config, rngs) if cross_attention else None
-        self.ffn_norm = _norm(config)
-        self.ffn = FeedForward(
-            config.d_model,
-            config.d_ff,
-            activation=config.activation,
-            gated=config.is_gated,
-            use_bias=False,
-            dtype=config.dtype,
-            rngs=rngs,
-        )
-        self.dropout_rate = config.dropout_rate
-
-    def __call__(
-        self,
-        h: Float[Array, "b t d"],
-        bias: Float[Array, "b h t s"],
-        *,
-        cache: KVCache | None = None,
-        cache_index: Int[Array, ""] | None = None,
-        cross_kv: KVCache | None = None,
-        cross_bias: Float[Array, "b 1 1 s"] | None = None,
-        return_probs: bool = False,
-        rngs: nnx.Rngs | None = None,
-    ) -> tuple[Float[Array, "b t d"], Float[Array, "b h t s"] | None, KVCache | None]:
-        """One layer. With `cache`, the new keys/values are written at `cache_index` and the
-        queries attend over the whole cache (`bias` masks what is not yet written)."""
-        x = self.attention_norm(h)
-        kv = None
-        if cache is not None:
-            k, v = self.attention.project_kv(x)
-            cache = update_cache(cache, k, v, cache_index)
-            kv = (cache.key, cache.value)
-        # Attention-probability dropout is folded into the output dropout (as in BertLayer).
-        attn, probs = self.attention(x, bias, kv=kv, return_probs=return_probs)
-        h = h + dropout(attn, self.dropout_rate, rngs)
-        if self.cross_attention is not None:
-            if cross_kv is None:
-                raise ValueError("a decoder layer needs the encoder's keys and values (cross_kv)")
-            x = self.cross_attention_norm(h)
-            attn, _ = self.cross_attention(x, cross_bias, kv=(cross_kv.key, cross_kv.value))
-            h = h + dropout(attn, self.dropout_rate, rngs)
-        h = h + dropout(self.ffn(self.ffn_norm(h)), self.dropout_rate, rngs)
-        return h, probs, cache
-
-
-def _check_range(start: int, stop: int | None, n: int) -> int:
-    stop = n if stop is None else stop
-    if not 0 <= start <= stop <= n:
-        raise ValueError(f"layer range [{start}, {stop}) is outside [0, {n}]")
-    return stop
-
-
-class T5EncoderStack(nnx.Module):
-    """The encoder's layers, relative position bias and final norm (the embedding table is
-    the model's `shared`, used by the decoder too)."""
-
-    def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-        self.config = config
-        self.relative_bias = RelativePositionBias(
-            config.relative_attention_num_buckets,
-            config.num_heads,
-            config.relative_attention_max_distance,
-            bidirectional=True,
-            rngs=rngs,
-        )
-        self.layers = nnx.List(
-            [T5Layer(config, cross_attention=False, rngs=rngs) for _ in range(config.num_layers)]
-        )
-        self.final_norm = _norm(config)
-
-    def attention_bias(
-        self,
-        attention_mask: Int[Array, "b t"] | None,
-        positions: Int[Array, "b t"] | None,
-        length: int,
-    ) -> Float[Array, "b h t t"]:
-        """Relative position bias plus padding mask, shared by every layer of the stack."""
-        if positions is None:
-            # [1 t]
-            positions = jnp.arange(length, dtype=jnp.int32)[None]
-        bias = self.relative_bias(positions, positions)
-        keep = None if attention_mask is None else attention_mask[:, None, None, :].astype(bool)
-        return _masked_bias(bias, keep)
-
-    def run_layers(
-        self,
-        h: Float[Array, "b t d"],
-        attention_mask: Int[Array, "b t"] | None,
-        start: int = 0,
-        stop: int | None = None,
-        *,
-        positions: Int[Array, "b t"] | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        rngs: nnx.Rngs | None = None,
-    ) -> EncoderOutput:
-        """Runs layers [start, stop) on hidden states `h`, which may be any subset of a
-        sequence's tokens: `positions` [b t] are their original positions (default 0..t-1),
-        from which the relative bias is computed.
-
-        The final layer norm is not applied (call `finish`), so that ranges compose:
-        run_layers(0, i) then run_layers(i, l) equals run_layers(0, l). `hidden_states`,
-        when asked for, holds the input `h` followed by each layer's output.
-        """
-        stop = _check_range(start, stop, len(self.layers))
-        bias = self.attention_bias(attention_mask, positions, h.shape[1])
-        hiddens, attns = [h], []
-        for layer in self.layers[start:stop]:
-            h, probs, _ = layer(h, bias, return_probs=output_attentions, rngs=rngs)
-            hiddens.append(h)
-            attns.append(probs)
-        return EncoderOutput(
-            last_hidden_state=h,
-            hidden_states=tuple(hiddens) if output_hidden_states else None,
-            attentions=tuple(attns) if output_attentions else None,
-        )
-
-    def finish(
-        self, h: Float[Array, "b t d"], *, rngs: nnx.Rngs | None = None
-    ) -> Float[Array, "b t d"]:
-        """The final RMS norm (and dropout) after the last layer."""
-        return dropout(self.final_norm(h), self.config.dropout_rate, rngs)
-
-
-class T5DecoderStack(nnx.Module):
-    """The decoder's layers (self-attention, cross-attention, FFN), causal relative position
-    bias and final norm."""
-
-    def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-        self.config = config
-        self.relative_bias = RelativePositionBias(
-            config.relative_attention_num_buckets,
-            config.num_heads,
-            config.relative_attention_max_distance,
-            bidirectional=False,
-            rngs=rngs,
-        )
-        self.layers = nnx.List(
-            [
-                T5Layer(config, cross_attention=True, rngs=rngs)
-                for _ in range(config.num_decoder_layers)
-            ]
-        )
-        self.final_norm = _norm(config)
-
-    def cross_kv(self, encoder_hidden: Float[Array, "b s d"]) -> tuple[KVCache, ...]:
-        """Each layer's cross-attention keys and values, computed once per source sequence."""
-        out = []
-        for layer in self.layers:
-            k, v = layer.cross_attention.project_kv(encoder_hidden)
-            out.append(KVCache(key=k, value=v))
-        return tuple(out)
-
-    def __call__(
-        self,
-        h: Float[Array, "b t d"],
-        *,
-        cross_kv: tuple[KVCache, ...],
-        encoder_mask: Int[Array, "b s"] | None,
-        cache: tuple[KVCache, ...] | None = None,
-        cache_index: Int[Array, ""] | None = None,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        rngs: nnx.Rngs | None = None,
-    ) -> tuple[Float[Array, "b t d"], tuple | None, tuple | None, tuple[KVCache, ...] | None]:
-        """Runs every layer and the final norm: (h, hidden_states, attentions, new cache).
-
-        Without a cache the t tokens sit at positions 0..t-1 (teacher forcing); with one they
-        sit at cache_index..cache_index+t-1 and attend to the c cached positions.
-        """
-        t = h.shape[1]
-        start = jnp.asarray(0 if cache_index is None else cache_index, jnp.int32)
-        # [1 t]
-        query_pos = start + jnp.arange(t, dtype=jnp.int32)[None]
-        # [1 s]: with a cache, every slot; slots not yet written lie in the future and are
-        # masked by causality.
-        key_len = t if cache is None else cache[0].key.shape[1]
-        key_pos = jnp.arange(key_len, dtype=jnp.int32)[None]
-        # [1 1 t s]
-        causal = (key_pos[:, None, :] <= query_pos[:, :, None])[:, None]
-        bias = _masked_bias(self.relative_bias(query_pos, key_pos), causal)
-        cross_bias = None
-        if encoder_mask is not None:
-            # [b 1 1 s]
-            keep = encoder_mask[:, None, None, :].astype(bool)
-            cross_bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)
-        hiddens, attns, new_cache = [h], [], []
-        for i, layer in enumerate(self.layers):
-            h, probs, layer_cache = layer(
-                h,
-                bias,
-                cache=None if cache is None else cache[i],
-                cache_index=start,
-                cross_kv=cross_kv[i],
-                cross_bias=cross_bias,
-                return_probs=output_attentions,
-                rngs=rngs,
-            )
-            hiddens.append(h)
-            attns.append(probs)
-            new_cache.append(layer_cache)
-        h = dropout(self.final_norm(h), self.config.dropout_rate, rngs)
-        # Hugging Face reports the final-normed output as the last hidden state.
-        hiddens[-1] = h
-        return (
-            h,
-            tuple(hiddens) if output_hidden_states else None,
-            tuple(attns) if output_attentions else None,
-            None if cache is None else tuple(new_cache),
-        )
-
-
-# ---------------------------------------------------------------------------
-# Models
-# ---------------------------------------------------------------------------
 
 
 def _check_inputs(config: T5Config, input_ids, attention_mask, name: str = "input_ids") -> None:
@@ -814,73 +333,6 @@ class T5ForConditionalGeneration(nnx.Module):
         return _t5_greedy_jit(
             graphdef, state, input_ids, attention_mask, max_new_tokens=int(max_new_tokens)
         )
-
-
-def t5_greedy(
-    graphdef: nnx.GraphDef,
-    state: nnx.State,
-    input_ids: Int[Array, "b s"],
-    attention_mask: Int[Array, "b s"],
-    *,
-    max_new_tokens: int,
-) -> Int[Array, "b n"]:
-    """Greedy KV-cached decoding as a pure function of the split model, jit-friendly.
-
-    Use as `jax.jit(t5_greedy, static_argnums=0, static_argnames="max_new_tokens")`. Matches
-    Hugging Face's greedy `generate`: the first input is the decoder start token, a row that
-    emitted EOS emits `pad_token_id` afterwards, and the loop stops early once every row is
-    done (the remaining outputs stay pad). The cache holds exactly `max_new_tokens` positions.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    model = nnx.merge(graphdef, state)
-    enc = model.encode(input_ids, attention_mask).last_hidden_state
-    return t5_greedy_from_encoder(model, enc, attention_mask, max_new_tokens=max_new_tokens)
-
-
-def t5_greedy_from_encoder(
-    model: T5ForConditionalGeneration,
-    encoder_hidden: Float[Array, "b s d"],
-    encoder_mask: Int[Array, "b s"],
-    *,
-    max_new_tokens: int,
-    done: Bool[Array, " b"] | None = None,
-) -> Int[Array, "b n"]:
-    """Greedy KV-cached decoding that starts from an encoder output already computed.
-
-    The decoding loop of `t5_greedy` (which encodes first): start token, argmax, pad
-    after EOS, stop once every row is done. Rows with `done` = True on entry are not
-    decoded (they emit pad) and do not keep the loop running: compaction buckets pass their
-    padding rows here so that they never lengthen the loop. Call it inside a trace (under
-    jit) on a merged model.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    c = model.config
-    b = encoder_hidden.shape[0]
-    cache = model.init_cache(b, max_new_tokens, encoder_hidden)
-    start = jnp.full((b,), c.decoder_start_token_id, jnp.int32)
-    # [b n]
-    tokens = jnp.full((b, max_new_tokens), c.pad_token_id, jnp.int32)
-    done = jnp.zeros((b,), bool) if done is None else done.astype(bool)
-
-    def cond(carry):
-        i, _, done, _, _ = carry
-        return (i < max_new_tokens) & ~jnp.all(done)
-
-    def body(carry):
-        i, token, done, cache, tokens = carry
-        out = model.decode(token[:, None], None, encoder_mask, cache, i)
-        new = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
-        new = jnp.where(done, c.pad_token_id, new)
-        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], i, axis=1)
-        return i + 1, new, done | (new == c.eos_token_id), out.cache, tokens
-
-    carry = (jnp.int32(0), start, done, cache, tokens)
-    return jax.lax.while_loop(cond, body, carry)[-1]
-
-
-_t5_greedy_jit = jax.jit(t5_greedy, static_argnums=0, static_argnames="max_new_tokens")
 
 
 class T5EncoderModel(nnx.Module):

@@ -18,14 +18,15 @@ length, m new tokens, n kept tokens, h heads, k head width, v vocabulary.
 from __future__ import annotations
 
 import flax.struct
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from elang_jax.core import StackState, run_stack
 from elang_jax.models import GPT2LMHeadModel, KVCache
+from elang_jax.models._decode import greedy_loop
 from elang_jax.models._gpt2 import causal_bias
-from elang_jax.pruning._schedule import AccVariant, KeepSchedule
-from elang_jax.pruning._scores import acc_scores, gather_tokens, select_tokens
+from elang_jax.pruning._schedule import KeepSchedule
+from elang_jax.pruning._selector import AccSelector
 
 
 @flax.struct.dataclass
@@ -88,7 +89,6 @@ def acc_prefill(
     # [b t]; as in `greedy_decode`: padding gets position 0, never attended to.
     position_ids = jnp.where(mask == 1, jnp.cumsum(mask, axis=1) - 1, 0)
     h = transformer.embed(input_ids, position_ids)
-    slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     # [b m]: generated tokens come after every prompt column and are always real.
     new_positions = jnp.broadcast_to(t + jnp.arange(m, dtype=jnp.int32), (b, m))
     new_mask = jnp.ones((b, m), jnp.int32)
@@ -97,36 +97,33 @@ def acc_prefill(
 
     counts = schedule.counts(t)
     caches, cache_positions, cache_masks = [], [], []
-    scores = None  # set by the layer before every selection
-    for i, n in enumerate(counts):
-        if n < h.shape[1]:
-            columns = select_tokens(
-                scores, n, mask, keep_first=cfg.keep_first, keep_last=cfg.keep_last
-            )
-            h, mask, slots = gather_tokens((h, mask, slots), columns)
-        key_positions = jnp.concatenate([slots, new_positions], axis=1)
-        key_mask = jnp.concatenate([mask, new_mask], axis=1)
+
+    def layer_fn(i, state, want_probs, want_values):
+        # Layer i writes the keys and values of the n tokens it runs into its own cache.
+        n = state.h.shape[1]
+        key_positions = jnp.concatenate([state.positions, new_positions], axis=1)
+        key_mask = jnp.concatenate([state.mask, new_mask], axis=1)
         # [b (n + m) h k]
         empty = jnp.zeros((b, n + m, heads, head_dim), dtype)
-        selects_next = i + 1 < len(counts) and counts[i + 1] < n
         h, probs, cache = transformer.layers[i](
-            h,
-            causal_bias(slots, key_positions, key_mask),
+            state.h,
+            causal_bias(state.positions, key_positions, key_mask),
             cache=KVCache(key=empty, value=empty),
             cache_index=0,
-            return_probs=selects_next,
+            return_probs=want_probs,
         )
         caches.append(cache)
         cache_positions.append(key_positions)
         cache_masks.append(key_mask)
-        if selects_next:
-            values = cache.value[:, :n] if cfg.variant is AccVariant.VALUE_NORM else None
-            scores = acc_scores(
-                probs[..., :n],
-                mask,
-                values=values,
-                causal_positions=slots if cfg.causal else None,
-            )
+        # ACC scores the prompt tokens only: the generated slots are still empty.
+        probs = probs[..., :n] if want_probs and probs is not None else None
+        values = cache.value[:, :n] if want_values else None
+        return h, probs, values
+
+    state, _ = run_stack(
+        layer_fn, StackState.start(h, mask), 0, len(counts), counts, AccSelector(schedule)
+    )
+    h = state.h
     logits = model.logits(h[:, -1:])[:, 0]
     return PrefillOutput(
         logits=logits,
@@ -176,31 +173,27 @@ def acc_generate(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
 ) -> Int[Array, "b m"]:
-    """Greedy generation after a pruned prefill; the loop of `greedy_decode` (pad after EOS,
-    stop once every row is done). A pure function: call it under `jax.jit` on a merged
+    """Greedy generation after a pruned prefill through the shared `greedy_loop` (pad after
+    EOS, stop once every row is done). A pure function: call it under `jax.jit` on a merged
     model for speed. With `schedule.rate == 1.0` the tokens equal `model.generate(...)`'s."""
     config = model.config
     eos = config.eos_token_id if eos_token_id is None else eos_token_id
-    eos = jnp.int32(-1 if eos is None else eos)
-    pad = jnp.int32(config.generation_pad_id if pad_token_id is None else pad_token_id)
-    b, t = input_ids.shape
-    m = max_new_tokens
-    prefill = acc_prefill(model, input_ids, attention_mask, schedule, m)
+    pad = config.generation_pad_id if pad_token_id is None else pad_token_id
+    t = input_ids.shape[1]
+    prefill = acc_prefill(model, input_ids, attention_mask, schedule, max_new_tokens)
     first = jnp.argmax(prefill.logits, axis=-1).astype(jnp.int32)
-    tokens = jnp.full((b, m), pad, jnp.int32).at[:, 0].set(first)
 
-    def cond(carry):
-        i, _, _, _, _, done = carry
-        return (i < m) & ~jnp.all(done)
-
-    def body(carry):
-        i, tokens, cache, prev, position, done = carry
+    def step(i, prev, state):
+        cache, position = state
         # Token i - 1 is written at generated slot i - 1; its logits give token i.
         logits, cache = acc_decode_step(model, prev, position, i - 1, cache, t)
-        nxt = jnp.where(done, pad, jnp.argmax(logits, axis=-1).astype(jnp.int32))
-        # [b 1] into column i
-        tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, None], (0, i))
-        return i + 1, tokens, cache, nxt, position + 1, done | (nxt == eos)
+        return logits, (cache, position + 1), None
 
-    carry = (jnp.int32(1), tokens, prefill.cache, first, prefill.next_position, first == eos)
-    return jax.lax.while_loop(cond, body, carry)[1]
+    return greedy_loop(
+        step,
+        (prefill.cache, prefill.next_position),
+        first_token=first,
+        max_new_tokens=max_new_tokens,
+        eos=eos,
+        pad=pad,
+    ).tokens
