@@ -1,6 +1,10 @@
-"""Wall-clock timing of compiled work, side by side: compiled classifier forwards over padded
-batches (`time_against_reference`, the demo) and zero-argument calls (`time_interleaved`,
-`elang-jax bench`); eval/ scripts use the older pair helpers (`time_pair`, `time_total`).
+"""Wall-clock timing of compiled work, side by side: one routine, `time_interleaved`.
+
+Every timing in the library goes through it: `elang-jax bench`, the eval/ drivers and the
+demo. It times zero-argument calls; `over_batches(fn, batches)` makes one pass of a batch
+function over padded batches such a call, and `time_against_reference` (the demo's) is
+`time_interleaved` over such passes plus the per-round ratios to a reference
+(`paired_speedups`).
 
 A ratio of two timings means something only when both sides ran in the same process,
 compiled beforehand, and close together in time: on a shared machine a slow spell then hits
@@ -58,120 +62,8 @@ def logits_fn(model: nnx.Module) -> Callable[[Batch], Float[Array, "b c"]]:
     return lambda batch: run(state, batch_inputs(batch))
 
 
-def _pass(fn: BatchFn, batches: Sequence[Batch]) -> float:
-    t0 = time.perf_counter()
-    for b in batches:
-        jax.block_until_ready(fn(b))
-    return time.perf_counter() - t0
-
-
-def warm_up(
-    fns: Sequence[BatchFn],
-    batches: Sequence[Batch],
-    progress: Callable[[int], Any] | None = None,
-) -> None:
-    """Runs every function on every batch once: compiles each batch shape before timing.
-
-    `progress` is called with 1 after each function's pass.
-    """
-    for fn in fns:
-        for b in batches:
-            jax.block_until_ready(fn(b))
-        if progress is not None:
-            progress(1)
-
-
-def time_total(fn: BatchFn, batches: Sequence[Batch], repeats: int) -> float:
-    """Median seconds of one pass of `fn` over `batches` (after a warm-up pass)."""
-    warm_up([fn], batches)
-    return float(np.median([_pass(fn, batches) for _ in range(repeats)]))
-
-
-def time_pair(fa: BatchFn, fb: BatchFn, batches: Sequence[Batch], repeats: int):
-    """Median seconds of one pass over `batches` for fa and for fb, timed alternately so
-    that a slow spell of a shared machine hits both sides alike."""
-    warm_up([fa, fb], batches)
-    ta, tb = [], []
-    for _ in range(repeats):
-        ta.append(_pass(fa, batches))
-        tb.append(_pass(fb, batches))
-    return float(np.median(ta)), float(np.median(tb))
-
-
-@dataclasses.dataclass(frozen=True)
-class ReferenceTiming:
-    """One function's timing against the reference.
-
-    Attributes:
-      seconds: median seconds of one pass over the batches.
-      reference_seconds: median seconds of the reference's passes.
-      speedup: median over rounds of the reference's pass over this function's pass in
-        the same round.
-      rounds: the per-round speed-ups.
-    """
-
-    seconds: float
-    reference_seconds: float
-    speedup: float
-    rounds: tuple[float, ...]
-
-
-def time_against_reference(
-    reference: BatchFn,
-    candidates: Mapping[str, BatchFn],
-    batches: Sequence[Batch],
-    rounds: int,
-    *,
-    compiled: bool = False,
-    progress: Callable[[int], Any] | None = None,
-) -> dict[str, ReferenceTiming]:
-    """Times several functions against one reference over the same batches, interleaved.
-
-    The protocol is `time_interleaved`'s, one call being a pass over `batches`: every round
-    runs the reference and each candidate once, the starting one rotating from round to
-    round, so that a slow spell of a shared machine hits a candidate and the reference of the
-    same round alike. A round's speed-up is the reference's pass over the candidate's; the
-    reported speed-up is the median over rounds.
-
-    Args:
-      reference: the baseline (e.g. the large model alone), `fn(batch)`.
-      candidates: name -> `fn(batch)`; every function must accept every batch.
-      batches: the padded batches, the same for every side.
-      rounds: timing rounds (after one warm-up pass of every function).
-      compiled: every function has already run on every batch shape: skip the warm-up pass.
-      progress: called with 1 after each pass, warm-up passes included (e.g. a tqdm bar's
-        `update`); `reference_passes(len(candidates), rounds, compiled)` passes in all.
-    """
-    if not batches:
-        raise ValueError("no batches to time")
-    key = "\0reference"  # cannot clash with a candidate's name
-
-    def over_batches(fn: BatchFn) -> Callable[[], Any]:
-        return lambda: [fn(b) for b in batches]
-
-    calls = {key: over_batches(reference)} | {n: over_batches(f) for n, f in candidates.items()}
-    timings = time_interleaved(calls, rounds, warm_up=not compiled, progress=progress)
-    ref = timings[key].samples_ms
-    out = {}
-    for name in candidates:
-        own = timings[name].samples_ms
-        ratios = tuple(a / b for a, b in zip(ref, own, strict=True))
-        out[name] = ReferenceTiming(
-            seconds=timings[name].median_ms / 1e3,
-            reference_seconds=timings[key].median_ms / 1e3,
-            speedup=float(np.median(ratios)),
-            rounds=ratios,
-        )
-    return out
-
-
-def reference_passes(num_candidates: int, rounds: int, compiled: bool = False) -> int:
-    """Passes over the batches that `time_against_reference` makes, its warm-up included."""
-    return (0 if compiled else num_candidates + 1) + rounds * (num_candidates + 1)
-
-
 # ----------------------------------------------------------------------------------------------
-# Zero-argument calls, side by side
+# The routine: zero-argument calls, side by side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +104,7 @@ def time_interleaved(
       rounds: timing rounds after the warm-up call, >= 1.
       untimed_before: untimed calls of a candidate right before each timed one. For calls
         of a few milliseconds the previous candidate's buffers can leave the allocator
-        cold (up to +15 ms measured after `ragged_dot`, eval/bench_moe.py); long calls do
+        cold (up to +15 ms measured after `ragged_dot`, the MoE benchmark); long calls do
         not need it.
       warm_up: call each candidate once, untimed, before the rounds (False: every
         candidate has already run, e.g. compiled by an evaluation pass).
@@ -249,3 +141,103 @@ def time_interleaved(
         )
         for name in names
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers around the routine
+
+
+def over_batches(fn: Callable[[Any], Any], batches: Sequence[Any]) -> Callable[[], list[Any]]:
+    """One pass of `fn` over `batches` (padded `Batch`es, or input dicts already on the
+    device) as a zero-argument call for `time_interleaved`.
+
+    The outputs of the whole pass are returned together, so `jax.block_until_ready` waits
+    for the last batch; the batches keep being dispatched while earlier ones compute, as a
+    serving loop would.
+    """
+    if not batches:
+        raise ValueError("no batches to time")
+    batches = list(batches)
+    return lambda: [fn(b) for b in batches]
+
+
+def paired_speedups(reference: Timing, candidate: Timing) -> tuple[float, ...]:
+    """Per-round speed-ups, the reference's call over the candidate's in the same round.
+
+    Both timings must come from the same `time_interleaved` run: a round's two calls ran
+    close together, so a slow spell of a shared machine hits both, and the median of these
+    ratios is steadier than the ratio of the medians.
+    """
+    ref, own = reference.samples_ms, candidate.samples_ms
+    if len(ref) != len(own):
+        raise ValueError(f"{len(ref)} reference rounds against {len(own)} candidate rounds")
+    return tuple(a / max(b, 1e-9) for a, b in zip(ref, own, strict=True))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batch functions against a reference (the demo)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceTiming:
+    """One function's timing against the reference.
+
+    Attributes:
+      seconds: median seconds of one pass over the batches.
+      reference_seconds: median seconds of the reference's passes.
+      speedup: median over rounds of the reference's pass over this function's pass in
+        the same round.
+      rounds: the per-round speed-ups.
+    """
+
+    seconds: float
+    reference_seconds: float
+    speedup: float
+    rounds: tuple[float, ...]
+
+
+def time_against_reference(
+    reference: BatchFn,
+    candidates: Mapping[str, BatchFn],
+    batches: Sequence[Batch],
+    rounds: int,
+    *,
+    compiled: bool = False,
+    progress: Callable[[int], Any] | None = None,
+) -> dict[str, ReferenceTiming]:
+    """Times several functions against one reference over the same batches, interleaved.
+
+    A thin layer over `time_interleaved`, one call being a pass over `batches`: every round
+    runs the reference and each candidate once, the starting one rotating from round to
+    round, so that a slow spell of a shared machine hits a candidate and the reference of the
+    same round alike. A round's speed-up is the reference's pass over the candidate's; the
+    reported speed-up is the median over rounds.
+
+    Args:
+      reference: the baseline (e.g. the large model alone), `fn(batch)`.
+      candidates: name -> `fn(batch)`; every function must accept every batch.
+      batches: the padded batches, the same for every side.
+      rounds: timing rounds (after one warm-up pass of every function).
+      compiled: every function has already run on every batch shape: skip the warm-up pass.
+      progress: called with 1 after each pass, warm-up passes included (e.g. a tqdm bar's
+        `update`); `reference_passes(len(candidates), rounds, compiled)` passes in all.
+    """
+    key = "\0reference"  # cannot clash with a candidate's name
+    calls = {key: over_batches(reference, batches)}
+    calls |= {n: over_batches(f, batches) for n, f in candidates.items()}
+    timings = time_interleaved(calls, rounds, warm_up=not compiled, progress=progress)
+    out = {}
+    for name in candidates:
+        ratios = paired_speedups(timings[key], timings[name])
+        out[name] = ReferenceTiming(
+            seconds=timings[name].median_ms / 1e3,
+            reference_seconds=timings[key].median_ms / 1e3,
+            speedup=float(np.median(ratios)),
+            rounds=ratios,
+        )
+    return out
+
+
+def reference_passes(num_candidates: int, rounds: int, compiled: bool = False) -> int:
+    """Passes over the batches that `time_against_reference` makes, its warm-up included."""
+    return (0 if compiled else num_candidates + 1) + rounds * (num_candidates + 1)

@@ -13,19 +13,51 @@ applies, the analytic FLOP speed-up (`elang_jax.flops`). Typical use::
     benchmarks.write_json(results, "bench_results.json")
 
 or from the shell: `python -m elang_jax.benchmarks --quick --only cascade acc`.
+
+The eval/ scripts are thin drivers of the evaluations here (`evaluate_acc`,
+`evaluate_cascades`, `evaluate_exits`, `calm_sweep`, `backbone_against_torch`, and
+`bench_moe` with a given FFN): each takes one frozen config and returns JSON-ready results
+(`elang_jax.jsonio.write_json`), with a `format_*` function for the terminal. Every timing
+goes through the one routine, `elang_jax.timing.time_interleaved`.
 """
 
 # One module per benchmark (`_acc` ... `_moe`), plus the config, timing, results, reports,
-# the registry (`_suite`) and the command line (`_cli`); grouped by role in `__all__`.
+# the registry (`_suite`) and the command line (`_cli`); one module per eval/ driver
+# (`_eval_*`, `_backbone_torch`); grouped by role in `__all__`.
 from elang_jax.benchmarks._acc import bench_acc
 from elang_jax.benchmarks._backbone import BackboneSetup, bench_backbone, matmul_gflops
+from elang_jax.benchmarks._backbone_torch import (
+    backbone_against_torch,
+    format_backbone_against_torch,
+    torch_factory,
+)
 from elang_jax.benchmarks._cascade import bench_cascade, escalation_threshold
 from elang_jax.benchmarks._cli import add_bench_parser, build_parser, main, run_bench
 from elang_jax.benchmarks._compaction import bench_compaction
 from elang_jax.benchmarks._compose import bench_compose
 from elang_jax.benchmarks._config import BENCHMARK_NAMES, BenchConfig
+from elang_jax.benchmarks._eval_acc import (
+    AccEvalConfig,
+    Gpt2PrefillConfig,
+    evaluate_acc,
+    format_acc,
+    format_gpt2_prefill,
+    gpt2_prefill,
+)
+from elang_jax.benchmarks._eval_calm import CalmEvalConfig, calm_sweep, format_calm
+from elang_jax.benchmarks._eval_cascade import (
+    CascadeEvalConfig,
+    evaluate_cascades,
+    format_cascades,
+)
+from elang_jax.benchmarks._eval_exits import (
+    ExitsEvalConfig,
+    evaluate_exits,
+    exit_curve,
+    format_exits,
+)
 from elang_jax.benchmarks._exits import bench_exits, threshold_for_depth
-from elang_jax.benchmarks._moe import bench_moe
+from elang_jax.benchmarks._moe import bench_moe, random_ffn, random_tokens, real_ffn_inputs
 from elang_jax.benchmarks._report import format_table, suite_dict, write_json
 from elang_jax.benchmarks._result import BenchResult, Candidate, environment
 from elang_jax.benchmarks._suite import BENCHMARKS, resolve_names, run_benchmarks
@@ -61,6 +93,29 @@ __all__ = [
     "format_table",
     "suite_dict",
     "write_json",
+    # Evaluations behind the eval/ scripts
+    "AccEvalConfig",
+    "CalmEvalConfig",
+    "CascadeEvalConfig",
+    "ExitsEvalConfig",
+    "Gpt2PrefillConfig",
+    "backbone_against_torch",
+    "calm_sweep",
+    "evaluate_acc",
+    "evaluate_cascades",
+    "evaluate_exits",
+    "exit_curve",
+    "gpt2_prefill",
+    "random_ffn",
+    "random_tokens",
+    "real_ffn_inputs",
+    "torch_factory",
+    "format_acc",
+    "format_backbone_against_torch",
+    "format_calm",
+    "format_cascades",
+    "format_exits",
+    "format_gpt2_prefill",
     # Command line
     "add_bench_parser",
     "build_parser",

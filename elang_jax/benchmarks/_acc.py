@@ -14,6 +14,7 @@ from __future__ import annotations
 from elang_jax.benchmarks._config import BenchConfig
 from elang_jax.benchmarks._models import build_classifier, jit_module, logits_fn, random_inputs
 from elang_jax.benchmarks._result import BenchResult, make_result
+from elang_jax.flops import head_flops
 from elang_jax.pruning import (
     AccConfig,
     KeepSchedule,
@@ -39,8 +40,8 @@ def bench_acc(config: BenchConfig) -> BenchResult:
     dims = LayerDims.of(model.config)
     acc_config = AccConfig.bert()
     workload = {t: b}
-    d, c = model.config.hidden_size, model.config.num_labels
-    head_flops = 2 * d * d + 2 * d * c  # pooler and classifier: pruning leaves them alone
+    # The pooler and the classifier: pruning leaves them alone.
+    head = head_flops(model.config.hidden_size, model.config.num_labels)
 
     full = logits_fn(model)
     candidates = {BASELINE: lambda: full(inputs)}
@@ -48,13 +49,13 @@ def bench_acc(config: BenchConfig) -> BenchResult:
     for target in config.acc_speedups:
         name = candidate_name(target)
         try:
-            schedule = tune_schedule(target, dims, workload, acc_config, fixed_flops=head_flops)
+            schedule = tune_schedule(target, dims, workload, acc_config, fixed_flops=head)
         except ValueError as err:  # short sequences cap the reachable speed-up
             notes.append(f"{name} skipped: {err}")
             continue
         fn = jit_module(model, lambda m, x, schedule=schedule: _pruned(m, x, schedule))
         candidates[name] = lambda fn=fn: fn(inputs)
-        flop_speedups[name] = predicted_speedup(dims, schedule, workload, fixed_flops=head_flops)
+        flop_speedups[name] = predicted_speedup(dims, schedule, workload, fixed_flops=head)
         info[name] = dict(rate=schedule.rate, tokens_per_layer=list(schedule.counts(t)))
     timings = time_interleaved(candidates, config.rounds)
     args = dict(

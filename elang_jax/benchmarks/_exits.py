@@ -27,7 +27,7 @@ from elang_jax.exits import (
     exit_scores,
     simulate_exits,
 )
-from elang_jax.flops import encoder_layer_flops
+from elang_jax.flops import encoder_layer_flops, head_flops
 from elang_jax.timing import time_interleaved
 
 BASELINE = "full_model"
@@ -72,11 +72,10 @@ def bench_exits(config: BenchConfig) -> BenchResult:
     )
     logits = np.asarray(all_exits(inputs))
 
-    d, c = model.config.hidden_size, model.config.num_labels
     layer_flops = encoder_layer_flops(model.config, t)
     # Every exit an example passes runs a pooler and a classifier (the last is the model's).
-    head_flops = 2 * d * d + 2 * d * c
-    full_flops = b * (num_layers * layer_flops + head_flops)
+    head = head_flops(model.config.hidden_size, model.config.num_labels)
+    full_flops = b * (num_layers * layer_flops + head)
 
     full = logits_fn(model)
     candidates = {BASELINE: lambda: full(inputs), "exit_step_never_early": lambda: step(inputs)}
@@ -87,7 +86,7 @@ def bench_exits(config: BenchConfig) -> BenchResult:
     for name, th in thresholds.items():
         layers = np.asarray(step(inputs, threshold=th).layers)
         candidates[name] = lambda th=th: step(inputs, threshold=th)
-        flop_speedups[name] = full_flops / float(np.sum(layers * (layer_flops + head_flops)))
+        flop_speedups[name] = full_flops / float(np.sum(layers * (layer_flops + head)))
         info[name] = dict(mean_layers=float(np.mean(layers)), threshold=th)
     for depth in config.exit_depths:
         info[candidate_name(depth)]["target_layers"] = depth

@@ -1,7 +1,8 @@
 """The dense FFN vs the MoE FFN at a share of experts active, each `MoEImpl`.
 
-The core loop of eval/bench_moe.py, moved into the library: a random ReLU FFN of the
-backbone's width, split into experts by balanced k-means on its input weights
+Run by `elang-jax bench` and by eval/bench_moe.py (which may pass its own FFN and tokens:
+other widths, a fine-tuned model's FFN and the hidden states entering it). By default a
+random ReLU FFN of the backbone's width, split into experts by balanced k-means on its input weights
 (`SplitMethod.KMEANS`), each implementation built from it with the centroid-initialised
 MLP router, timed on the same random tokens, each timed call right after an untimed one
 of the same candidate. Every implementation is dropless; `moe_capacity_factor` adds the
@@ -19,11 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jaxtyping import Array, Float
 
 from elang_jax.benchmarks._config import BenchConfig
 from elang_jax.benchmarks._models import jit_module
 from elang_jax.benchmarks._result import BenchResult, make_result
-from elang_jax.flops import ffn_flops, moe_ffn_flops
+from elang_jax.flops import ffn_flops, moe_ffn_flops, router_flops
 from elang_jax.models import FeedForward
 from elang_jax.moe import MoEConfig, MoEFeedForward, MoEImpl, SplitMethod, split
 from elang_jax.timing import time_interleaved
@@ -31,14 +33,65 @@ from elang_jax.timing import time_interleaved
 BASELINE = "dense_ffn"
 
 
-def bench_moe(config: BenchConfig) -> BenchResult:
-    """Times each MoE implementation against the dense FFN it was made from."""
-    enc = config.encoder_config()
-    d, d_ff, n = enc.hidden_size, enc.intermediate_size, config.moe_tokens
+def random_ffn(d_model: int, d_ff: int, seed: int = 0) -> FeedForward:
+    """A random ReLU FFN [d f] (the benchmark's default, at the backbone's width)."""
+    return FeedForward(d_model, d_ff, activation="relu", rngs=nnx.Rngs(seed))
+
+
+def random_tokens(tokens: int, d_model: int, seed: int = 0) -> Float[np.ndarray, "n d"]:
+    """[n d] standard normal FFN inputs."""
+    return np.random.default_rng(seed).standard_normal((tokens, d_model))
+
+
+def real_ffn_inputs(
+    model_dir: str, layer: int, tokens: int, task: str = "sst2"
+) -> tuple[FeedForward, Float[np.ndarray, "n d"]]:
+    """A fine-tuned classifier's FFN at `layer` and the first `tokens` hidden states that
+    enter it on the task's dev split (padding removed)."""
+    from elang_jax import data
+    from elang_jax.hf import from_pretrained
+    from elang_jax.moe import collect_ffn_inputs
+
+    model = from_pretrained(model_dir, head="sequence_classification")
+    tokenizer = data.load_tokenizer(model_dir)
+    dev = data.encode_glue(tokenizer, data.read_glue(task, "dev"), 64, truncate=True)
+    batches = data.iterate_batches(dev, 64, data.LengthBuckets((16, 32, 64)), shuffle=False)
+    inputs = collect_ffn_inputs(model, batches)[layer]
+    if len(inputs) < tokens:
+        raise ValueError(f"{task} dev has {len(inputs)} tokens, fewer than the {tokens} asked")
+    ffn = model.encoder.layers[layer].ffn  # pyright: ignore[reportAttributeAccessIssue]
+    return ffn, inputs[:tokens]
+
+
+def bench_moe(
+    config: BenchConfig,
+    *,
+    ffn: FeedForward | None = None,
+    tokens: Float[Array | np.ndarray, "n d"] | None = None,
+) -> BenchResult:
+    """Times each MoE implementation against the dense FFN it was made from.
+
+    Args:
+      config: experts, share active, implementations, rounds; `moe_tokens` and the
+        backbone's widths unless overridden.
+      ffn: the dense FFN to split (default `random_ffn` at the backbone's width).
+      tokens: [n d] the FFN inputs (default `random_tokens(config.moe_tokens, d)`).
+    """
+    given = ",".join(name for name, v in (("ffn", ffn), ("tokens", tokens)) if v is not None)
+    if ffn is None:
+        enc = config.encoder_config()
+        ffn = random_ffn(enc.hidden_size, enc.intermediate_size, config.seed)
+    d, d_ff = ffn.w_in.in_features, ffn.w_in.out_features
     e, k = config.moe_experts, config.moe_top_k
+    if d_ff % e:
+        raise ValueError(f"the FFN width {d_ff} is not divisible by {e} experts")
+    if tokens is None:
+        tokens = random_tokens(config.moe_tokens, d, config.seed)
+    x = jnp.asarray(tokens, jnp.float32)
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"tokens must be [n {d}], got {x.shape}")
+    n = int(x.shape[0])
     backend = jax.default_backend()
-    ffn = FeedForward(d, d_ff, activation="relu", rngs=nnx.Rngs(config.seed))
-    x = jnp.asarray(np.random.default_rng(config.seed).standard_normal((n, d)), jnp.float32)
     partition = split(SplitMethod.KMEANS, e, np.asarray(ffn.w_in.kernel[...]))
 
     def call(module, x):
@@ -70,7 +123,7 @@ def bench_moe(config: BenchConfig) -> BenchResult:
                 continue
             candidates[name] = lambda fn=fn: fn(x)
             sparse = moe_ffn_flops(n, d, d_ff, e, k, router=moe_config.router.value)
-            router = sparse - ffn_flops(n, d, d_ff) * k // e
+            router = router_flops(n, d, e, moe_config.router.value)
             # The DENSE implementation runs every expert and masks: it saves no FFN work.
             flop_speedups[name] = dense_flops / (
                 dense_flops + router if impl is MoEImpl.DENSE else sparse
@@ -91,6 +144,8 @@ def bench_moe(config: BenchConfig) -> BenchResult:
         capacity_factor=config.moe_capacity_factor,
         rounds=config.rounds,
     )
+    if given:  # what the caller supplied instead of the random FFN and tokens
+        args.update(given=given, activation=ffn.activation)
     return make_result(
         "moe",
         timings,

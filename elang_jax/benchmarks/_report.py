@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import json
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from elang_jax import jsonio
 from elang_jax._version import __version__
-from elang_jax.benchmarks._config import BenchConfig
-from elang_jax.benchmarks._result import BenchResult, environment, json_ready
+from elang_jax.benchmarks._result import BenchResult, environment
 
 # Written into every JSON file, so that a reader needs no code to interpret a number.
 DEFINITIONS = dict(
@@ -20,6 +19,8 @@ DEFINITIONS = dict(
     speedup="baseline median_ms / this median_ms (> 1: faster than the baseline)",
     flop_speedup="baseline FLOPs / this candidate's FLOPs (analytic, elang_jax.flops); "
     "null where no FLOP model applies or the candidate skips all costly work",
+    non_finite="an infinite or undefined number (a threshold that never or always routes) is "
+    'written as the string "inf", "-inf" or "nan"',
     delivered="speedup / flop_speedup: the share of the FLOP saving the clock shows",
 )
 
@@ -61,23 +62,20 @@ def format_table(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def suite_dict(results: Sequence[BenchResult], config: BenchConfig | None = None) -> dict:
-    """Every result of a run with the environment and the config, JSON-ready."""
+def suite_dict(results: Sequence[BenchResult], config: Any = None) -> dict:
+    """Every result of a run with the environment and the config (a `BenchConfig`, or the
+    config dataclass of an eval/ driver), as JSON data."""
     return dict(
         suite="elang-jax bench",
         elang_jax_version=__version__,
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         environment=environment(),
         definitions=DEFINITIONS,
-        config=None if config is None else json_ready(dataclasses.asdict(config)),
+        config=jsonio.to_jsonable(config),
         results=[r.to_dict() for r in results],
     )
 
 
-def write_json(
-    results: Sequence[BenchResult], path: str | os.PathLike, config: BenchConfig | None = None
-) -> None:
-    """Writes `suite_dict` to `path` as strict JSON (no NaN or Infinity tokens)."""
-    with open(path, "w") as f:
-        json.dump(suite_dict(results, config), f, indent=2, allow_nan=False)
-        f.write("\n")
+def write_json(results: Sequence[BenchResult], path: str | os.PathLike, config: Any = None) -> Path:
+    """Writes `suite_dict` to `path` as strict JSON (`elang_jax.jsonio.write_json`)."""
+    return jsonio.write_json(suite_dict(results, config), path)

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import numpy as np
 
+from elang_jax.jsonio import to_jsonable
 from elang_jax.timing import Timing
 
 
@@ -80,24 +80,11 @@ class BenchResult:
         raise KeyError(f"{self.name}: no candidate {name!r}; have {have}")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: non-finite numbers become None (strict JSON has no inf/NaN)."""
-        out = dataclasses.asdict(self)
+        """JSON data (`elang_jax.jsonio.to_jsonable`), each candidate with its `delivered`."""
+        out = to_jsonable(self)
         for c, d in zip(self.candidates, out["candidates"], strict=True):
-            d["delivered"] = c.delivered
-        return json_ready(out)
-
-
-def json_ready(x: Any) -> Any:
-    """`x` with non-finite floats replaced by None, tuples by lists and keys by strings."""
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, Mapping):
-        return {str(k): json_ready(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_ready(v) for v in x]
-    return x
+            d["delivered"] = to_jsonable(c.delivered)
+        return out
 
 
 def environment() -> dict[str, str]:

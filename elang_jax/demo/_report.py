@@ -4,12 +4,13 @@ plot of accuracy against measured speed-up."""
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from elang_jax import jsonio
 
 SKIP_UNITS = ("inputs", "layers", "tokens", "experts")
 REFERENCE_METHODS = ("Super", "Swift")
@@ -96,30 +97,9 @@ def format_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
 
 
 def write_json(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """`results.json`: the list of rows (strict JSON: an infinite threshold is "inf")."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite(list(rows)), indent=2, default=_jsonable, allow_nan=False)
-    path.write_text(text + "\n")
-    return path
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "item"):  # numpy scalars
-        return x.item()
-    if isinstance(x, (tuple, set)):
-        return list(x)
-    return str(x)
+    """`results.json`: the list of rows (strict JSON by `elang_jax.jsonio`: an infinite
+    threshold is "inf")."""
+    return jsonio.write_json(list(rows), path)
 
 
 def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -143,7 +123,7 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> P
                 calib_accuracy=cal.get("accuracy", ""),
                 calib_super_accuracy=cal.get("reference_accuracy", ""),
                 target_met=cal.get("target_met", ""),
-                setting=json.dumps(_finite(cal["setting"]), default=_jsonable) if cal else "",
+                setting=jsonio.dumps(cal["setting"], indent=None) if cal else "",
             )
             writer.writerow(line)
     return path

@@ -3,8 +3,9 @@
 Each method's forward has already run over the batches once (its evaluation pass compiled
 every batch shape), so there is no warm-up pass: the rounds time steady-state execution.
 Every round passes over the batches once per method and once for Super, the starting method
-rotating (`elang_jax.timing.time_against_reference`); a method's speed-up is the median over
-rounds of Super's pass over its own in the same round.
+rotating (the library's one timing routine, `elang_jax.timing.time_interleaved`, through
+`time_against_reference`); a method's speed-up is the median over rounds of Super's pass
+over its own in the same round.
 """
 
 from __future__ import annotations

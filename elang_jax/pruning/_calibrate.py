@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from elang_jax import flops
 from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate
 from elang_jax.data import Batch, restore_order
 from elang_jax.models import BertForSequenceClassification
@@ -50,9 +51,9 @@ def acc_logits(
 
 def classifier_head_flops(config) -> int:
     """Per-sequence FLOPs of a BERT-family classifier that pruning leaves alone: the pooler
-    and the classifier on the [CLS] row (the cost model's `fixed_flops`)."""
-    d = config.hidden_size
-    return 2 * d * d + 2 * d * config.num_labels
+    and the classifier on the [CLS] row (the cost model's `fixed_flops`,
+    `elang_jax.flops.head_flops`)."""
+    return flops.head_flops(config.hidden_size, config.num_labels)
 
 
 def batch_workload(batches: Sequence[Batch]) -> dict[int, int]:

@@ -1,11 +1,10 @@
 """Analytic cost model of a keep schedule, and offline tuning of the speed knob.
 
-Per layer with n tokens entering (multiply-add = 2 FLOPs, `elang_jax.flops`):
-  projections  8 n d i       (Q, K, V, O; linear in n)
-  attention    4 n s i       (scores and mixing; s = n, plus cache slots for GPT-2 prefill)
-  FFN          4 n d f       (6 n d f gated; linear in n)
-  ACC scoring  2 h n s       (only in layers followed by a selection)
-with d the width, i = heads x head width, f the FFN width. The predicted speed-up of a
+The FLOPs are `elang_jax.flops`'s (multiply-add = 2 FLOPs): per layer with n tokens
+entering and s = n keys (plus the cache slots for GPT-2 prefill), `flops.layer_flops`
+(projections 4 n d i + 4 s d i, attention 4 n s i, FFN 4 n d f or 6 n d f gated), plus
+`flops.acc_score_flops` (2 h n s) in the layers followed by a selection. This module only
+adds what pruning decides: how many tokens each layer sees. The predicted speed-up of a
 schedule is (unpruned FLOPs) / (pruned FLOPs) summed over the sequences of a workload, each
 at its padded bucket length. Gathers, top-k and element-wise work are left out; the
 benchmark's measured/predicted ratio shows what they cost.
@@ -76,10 +75,9 @@ def stack_flops(dims: LayerDims, counts: tuple[int, ...], extra_keys: int = 0) -
     total = 0
     for layer, n in enumerate(counts):
         keys = n + extra_keys
-        total += flops.attention_flops(n, keys, dims.d_model, dims.inner)
-        total += flops.ffn_flops(n, dims.d_model, dims.d_ff, dims.gated)
+        total += flops.layer_flops(n, keys, dims.d_model, dims.inner, dims.d_ff, dims.gated)
         if layer + 1 < len(counts) and counts[layer + 1] < n:
-            total += 2 * dims.num_heads * n * keys
+            total += flops.acc_score_flops(dims.num_heads, n, keys)
     return total
 
 

@@ -7,30 +7,19 @@ import enum
 import os
 from typing import Any
 
+from elang_jax import jsonio
 from elang_jax.data._source import DataSource
 from elang_jax.data._splits import HoldoutKind
 from elang_jax.models import BertConfig
 
 
 def config_json(config: Any) -> dict[str, Any]:
-    """A config dataclass's fields, JSON-serialisable.
+    """A config dataclass's fields, JSON-serialisable (`elang_jax.jsonio.config_json`).
 
     Nested config dataclasses (the sections of `elang_jax.demo.DemoConfig`, say) become nested
     dicts, a `BertConfig` a dict of its fields as strings, tuples lists, enums their values.
     """
-    return {f.name: _json_value(getattr(config, f.name)) for f in dataclasses.fields(config)}
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, BertConfig):
-        return {k: str(v) for k, v in dataclasses.asdict(value).items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return config_json(value)
-    if isinstance(value, tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value
+    return jsonio.config_json(config, as_strings=(BertConfig,))
 
 
 class Schedule(enum.StrEnum):
