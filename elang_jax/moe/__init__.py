@@ -4,10 +4,12 @@ One layer, `MoEFeedForward`, configured by a frozen `MoEConfig`, drops in as `la
 any backbone. Its implementation is chosen by `MoEImpl` (pure JAX by default); its router by
 `RouterKind`; its gate weighting by `GateKind`. `moefy` converts a dense model's FFNs into
 MoE FFNs (MoEfication: split neurons into experts with a `SplitMethod`, train MLP routers on
-hidden states from `collect_ffn_inputs`).
+hidden states from `collect_ffn_inputs`). `relu_copy` and `relufy_glue` ReLU-fy a GELU
+classifier first; `moefy_sweep` and `moefy_glue` score MoEfied copies over a grid.
 """
 
-# MoEfication (_calibrate, _moefy, _split), the layer and its configuration (_config, _layer)
+# MoEfication (_calibrate, _moefy, _split), the layer and its configuration (_config, _layer),
+# ReLU-fication (_relufy) and MoEfication sweeps (_sweep)
 from elang_jax.moe._calibrate import calibrate_moefied
 from elang_jax.moe._config import GateKind, MoEConfig, MoEImpl, RouterKind
 from elang_jax.moe._layer import MoEFeedForward, MoEOutput, moe_aux_loss
@@ -19,7 +21,9 @@ from elang_jax.moe._moefy import (
     moefy,
     train_mlp_router,
 )
+from elang_jax.moe._relufy import relu_copy, relufy_glue, swap_metrics
 from elang_jax.moe._split import SplitMethod, merge_experts, split
+from elang_jax.moe._sweep import SweepConfig, moefy_glue, moefy_sweep
 
 __all__ = [
     "GateKind",
@@ -30,6 +34,7 @@ __all__ = [
     "RouterKind",
     "RouterTrainConfig",
     "SplitMethod",
+    "SweepConfig",
     "calibrate_moefied",
     "captured_mass",
     "collect_ffn_inputs",
@@ -37,6 +42,11 @@ __all__ = [
     "merge_experts",
     "moe_aux_loss",
     "moefy",
+    "moefy_glue",
+    "moefy_sweep",
+    "relu_copy",
+    "relufy_glue",
     "split",
+    "swap_metrics",
     "train_mlp_router",
 ]

@@ -1,0 +1,156 @@
+"""What every demo method is built from: the `Method` a builder returns, the `RowStats` its
+decode gives, the calibration split every builder calibrates on (`Calibration`), and the
+reference rows (a model alone).
+
+Shape vocabulary: b batch rows, t padded length, c classes, v valid rows of a batch,
+n examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from jaxtyping import Float, Int
+
+from elang_jax import data, flops, pruning
+from elang_jax.calibration import CalibrationTarget, OperatingPoint
+from elang_jax.demo._config import DemoConfig
+from elang_jax.models import BertForSequenceClassification
+from elang_jax.timing import logits_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class RowStats:
+    """What one batch's valid rows got.
+
+    Attributes:
+      predictions: [v] predicted labels.
+      flops: [v] analytic FLOPs spent on each example at the batch's padded length.
+      skipped: name ("inputs", "layers", "tokens", "experts") -> [v] share of that unit of
+        work skipped for each example.
+    """
+
+    predictions: Int[np.ndarray, " v"]
+    flops: Float[np.ndarray, " v"]
+    skipped: dict[str, Float[np.ndarray, " v"]]
+
+
+@dataclasses.dataclass
+class Method:
+    """A calibrated method, ready to run.
+
+    Attributes:
+      name: row label.
+      kind: "reference", "cascade", "exits", "pruning", "moe" or "composed".
+      forward: jitted `forward(batch)` on a padded batch of `eval.batch_size` rows.
+      decode: `decode(batch, forward(batch)) -> RowStats` (host side, not timed).
+      calibration: what calibration chose and scored on the calibration split (setting,
+        accuracy, reference_accuracy, cost, target_met); empty for the reference rows. A
+        builder given this dict as `known` skips calibrating and rebuilds from `setting`.
+    """
+
+    name: str
+    kind: str
+    forward: Callable[[data.Batch], Any]
+    decode: Callable[[data.Batch, Any], RowStats]
+    calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Calibration:
+    """The calibration split as every method sees it, computed on first use: a run whose
+    calibration outcomes are all cached (see `Method.calibration`) never runs it.
+
+    Attributes:
+      encoded: the calibration examples.
+      labels: [n] their labels.
+      target: the calibration target.
+      batches: their padded batches (sorted by length, every example once).
+      super_logits: [n c] Super's logits on them (the reference of every method).
+      swift_logits: [n c] Swift's.
+    """
+
+    def __init__(
+        self,
+        encoded: data.Encoded,
+        config: DemoConfig,
+        super_fn: Callable[[data.Batch], Any],
+        swift_fn: Callable[[data.Batch], Any],
+    ):
+        assert encoded.labels is not None
+        self.encoded = encoded
+        self.labels: Int[np.ndarray, " n"] = encoded.labels
+        self.target = CalibrationTarget(epsilon=config.calibration.epsilon)
+        self._config = config
+        self._fns = {"super": super_fn, "swift": swift_fn}
+
+    @functools.cached_property
+    def batches(self) -> list[data.Batch]:
+        return make_batches(self.encoded, self._config)
+
+    @functools.cached_property
+    def super_logits(self) -> Float[np.ndarray, "n c"]:
+        return dataset_outputs(self._fns["super"], self.batches, len(self.encoded))
+
+    @functools.cached_property
+    def swift_logits(self) -> Float[np.ndarray, "n c"]:
+        return dataset_outputs(self._fns["swift"], self.batches, len(self.encoded))
+
+
+def make_batches(encoded: data.Encoded, config: DemoConfig) -> list[data.Batch]:
+    """Padded evaluation batches, sorted by length (every method runs these)."""
+    buckets = data.LengthBuckets(config.eval.buckets)
+    return list(
+        data.iterate_batches(
+            encoded, config.eval.batch_size, buckets, shuffle=False, sort_by_length=True
+        )
+    )
+
+
+def dataset_outputs(
+    fn: Callable[[data.Batch], Any], batches: Sequence[data.Batch], n: int
+) -> Float[np.ndarray, "n c"]:
+    """`fn`'s [b c] outputs over batches, valid rows only, back in dataset order."""
+    idx, vals = [], []
+    for b in batches:
+        idx.append(b.index[b.valid])
+        vals.append(np.asarray(fn(b))[b.valid])
+    return data.restore_order(idx, vals, n)
+
+
+def summarize(op: OperatingPoint, setting: Any, epsilon: float) -> dict[str, Any]:
+    return dict(
+        setting=setting,
+        accuracy=op.accuracy,
+        reference_accuracy=op.reference_accuracy,
+        cost=op.cost,
+        target_met=bool(op.accuracy >= op.reference_accuracy - epsilon - 1e-12),
+    )
+
+
+def padded_length(batch: data.Batch) -> int:
+    return int(batch.input_ids.shape[1])
+
+
+def head_flops(cfg) -> int:
+    return pruning.classifier_head_flops(cfg)
+
+
+def reference(name: str, model: BertForSequenceClassification, fn=None) -> Method:
+    """A model alone (Super or Swift): every example runs the whole model."""
+    fn = fn or logits_fn(model)
+    cfg = model.config
+
+    def decode(batch, logits):
+        v = batch.valid
+        n = int(v.sum())
+        return RowStats(
+            predictions=np.asarray(logits).argmax(-1)[v],
+            flops=np.full(n, float(flops.classifier_flops(cfg, padded_length(batch)))),
+            skipped={},
+        )
+
+    return Method(name=name, kind="reference", forward=fn, decode=decode)

@@ -1,0 +1,120 @@
+"""The demo's multi-exit row: Super with an exit head after every layer (DeeBERT's heads),
+exiting on the entropy policy.
+
+Shape vocabulary: v valid rows of a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from elang_jax import data, exits, flops
+from elang_jax.demo._config import DemoConfig
+from elang_jax.demo._method import (
+    Calibration,
+    Method,
+    RowStats,
+    head_flops,
+    padded_length,
+    summarize,
+)
+from elang_jax.demo._models import load_params, save_params
+from elang_jax.models import BertForSequenceClassification
+from elang_jax.timing import batch_inputs
+
+
+def exit_model(
+    super_: BertForSequenceClassification,
+    fit: data.Encoded,
+    config: DemoConfig,
+    cache: Path,
+    progress: Callable[[str], None] = lambda _: None,
+) -> exits.MultiExit:
+    """Super with an exit head after every layer, the heads trained on the frozen
+    backbone's features of `fit` (DeeBERT's second stage) or loaded from `cache`."""
+    n = config.exits.exit_buckets
+    me = exits.MultiExit(
+        super_,
+        exits.MultiExitConfig(
+            pooling=config.exits.exit_pooling, bucket_fractions=tuple(i / n for i in range(n + 1))
+        ),
+        rngs=nnx.Rngs(config.seed),
+    )
+    if not load_params(_ExitHeads(me), cache):
+        buckets = data.LengthBuckets(config.eval.buckets)
+        progress("collecting frozen features")
+        feats, _ = exits.collect_features(me, fit, config.eval.batch_size, buckets)
+        progress("training exit heads")
+        assert fit.labels is not None
+        exits.train_exit_heads(
+            me,
+            feats,
+            fit.labels,
+            exits.ExitTrainConfig(epochs=config.exits.epochs, seed=config.seed),
+        )
+        save_params(_ExitHeads(me), cache)
+    return me
+
+
+def multi_exit(
+    me: exits.MultiExit,
+    calib: Calibration,
+    config: DemoConfig,
+    progress: Callable[[str], None] = lambda _: None,
+    known: dict[str, Any] | None = None,
+) -> Method:
+    """Super exiting early (`exit_model`), the entropy policy's threshold calibrated on
+    the calibration split."""
+    super_ = me.model
+    buckets = data.LengthBuckets(config.eval.buckets)
+    num_layers = super_.config.num_layers
+    if known is None:
+        progress("calibrating the exit threshold")
+        lg_cal = exits.dataset_exit_logits(me, calib.encoded, config.eval.batch_size, buckets)
+        op = exits.calibrate_exits(
+            lg_cal, calib.labels, me.exit_layers, "entropy", calib.target, None, num_layers
+        )
+        setting = {"policy": "entropy", "threshold": float(op.setting)}
+        known = summarize(op, setting, config.calibration.epsilon)
+    threshold = float(known["setting"]["threshold"])
+    layers_at = np.asarray(me.exit_layers)
+    step = me.exit_step(config.eval.batch_size, "entropy")
+    cfg = super_.config
+    last = me.num_exits - 1
+
+    def forward(batch):
+        return step(batch_inputs(batch), valid=batch.valid, threshold=threshold)
+
+    def decode(batch, out):
+        v = batch.valid
+        t = padded_length(batch)
+        k = np.asarray(out.exit_index)[v]
+        layers = layers_at[k]
+        # Layers run, plus one head (pooler + classifier) per exit the example passed.
+        cost = layers * float(flops.encoder_layer_flops(cfg, t)) + (k + 1) * float(head_flops(cfg))
+        return RowStats(
+            predictions=np.asarray(out.predictions)[v],
+            flops=cost,
+            skipped={"inputs": (k < last).astype(float), "layers": 1.0 - layers / num_layers},
+        )
+
+    return Method(
+        name="Multi-exit (entropy)",
+        kind="exits",
+        forward=forward,
+        decode=decode,
+        calibration=known,
+    )
+
+
+class _ExitHeads(nnx.Module):
+    """The trainable part of a MultiExit (what its cache file holds)."""
+
+    def __init__(self, me: exits.MultiExit):
+        self.heads = me.heads
+        self.mix = me.mix
