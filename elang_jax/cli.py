@@ -11,13 +11,35 @@ elang-jax demo [--task T] [--quick] [--out DIR] [--cache-dir DIR] [--eval-file T
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from pathlib import Path
+
+
+def _same_directory(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if pa.exists() and pb.exists():
+            return pa.samefile(pb)
+    except OSError:
+        pass
+    return pa.resolve() == pb.resolve()
 
 
 def _convert(args: argparse.Namespace) -> int:
     from elang_jax.hf import from_pretrained, save_pretrained
     from elang_jax.hf._native import is_native, load_native, save_native
 
+    if _same_directory(args.src, args.dst):
+        # native files would land beside the Hugging Face ones (or the reverse), leaving a
+        # directory that is read as whichever format `is_native` finds first
+        raise ValueError(
+            f"destination {args.dst} is the source directory; convert into another directory"
+        )
+    dst = Path(args.dst).expanduser()
+    if dst.exists() and not dst.is_dir():
+        raise NotADirectoryError(f"destination {args.dst} is a file; expected a directory")
     if is_native(args.src):
         model = load_native(args.src)
         save_pretrained(model, args.dst)
@@ -71,10 +93,33 @@ def demo_config(args: argparse.Namespace):
     return preset(args.task, **overrides)
 
 
+def check_writable_dir(path: str | os.PathLike[str]) -> Path:
+    """Creates `path` if needed and checks a file can be written in it; an OSError saying
+    which otherwise. Run before a long job that writes its results there at the end."""
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {path} is a file; expected a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        raise OSError(f"--out {path} cannot be written: {e.strerror or e}") from e
+    return out
+
+
 def _demo(args: argparse.Namespace) -> int:
     import logging
 
     from elang_jax.demo import DemoError, run_demo
+
+    if args.out is not None:
+        # found before the run, not after an hour of fine-tuning and calibration
+        try:
+            check_writable_dir(args.out)
+        except OSError as e:
+            print(f"elang-jax demo: error: {e}", file=sys.stderr)
+            return 2
 
     # force: importing jax/orbax has already given the root logger a handler.
     logging.basicConfig(
@@ -145,9 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from elang_jax.hf import CheckpointMismatchError
+
+    return (ValueError, FileNotFoundError, CheckpointMismatchError, OSError)
+
+
+def main(argv: list[str] | None = None, *, raise_errors: bool | None = None) -> int:
+    """Runs the command line.
+
+    Args:
+      argv: the arguments; None reads `sys.argv` (the console command).
+      raise_errors: let expected errors (bad input, missing or corrupt files) propagate to
+        the caller. Default: only when `argv` is given, i.e. when called from Python; the
+        console command prints one line `elang-jax CMD: error: ...` and returns 2 instead
+        of a traceback.
+    """
+    if raise_errors is None:
+        raise_errors = argv is not None
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    if raise_errors:
+        return args.fn(args)
+    try:
+        return args.fn(args)
+    except _expected_errors() as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"elang-jax {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from elang_jax.calibration import CalibrationTarget
-from elang_jax.cascade._seq2seq import (
+from elang_jax.cascade import (
     ElangSeq2Seq,
     EnergyHead,
     Seq2SeqCascadeConfig,

@@ -7,6 +7,7 @@ from elang_jax.calibration._calibrate import (
     calibrate,
     clopper_pearson_upper,
     fit_temperature,
+    threshold_candidates,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "calibrate",
     "clopper_pearson_upper",
     "fit_temperature",
+    "threshold_candidates",
 ]

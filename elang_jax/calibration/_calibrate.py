@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ class Objective(enum.StrEnum):
 class CalibrationTarget:
     """What to calibrate for; validated with messages that name the bad field."""
 
-    objective: Objective = Objective.ACCURACY
+    objective: Objective | str = Objective.ACCURACY  # a str is converted
     epsilon: float = 0.0  # tolerated accuracy drop (fraction, 0.005 = half a point)
     budget: float | None = None  # mean relative cost limit, for BUDGET
     delta: float = 0.1  # failure probability, for GUARANTEE
@@ -73,6 +74,67 @@ def clopper_pearson_upper(k: int, n: int, delta: float) -> float:
     return float(stats.beta.ppf(1.0 - delta, k + 1, n - k))
 
 
+def threshold_candidates(scores: np.ndarray, num: int | None = None) -> np.ndarray:
+    """Thresholds to sweep over calibration `scores`, never equal to a score.
+
+    A candidate lies halfway between two consecutive distinct scores, so every example's
+    decision (`score >= threshold`) has the largest margin the data allows: a score that
+    moves by a rounding error between two compiled programs (another batch or bucket shape,
+    ~1e-7) keeps its side. A threshold exactly on a score would let it flip. (Two float32
+    scores one ulp apart have no float32 number between them: compared in float32, their
+    midpoint rounds onto one of them; no threshold can separate them robustly.)
+
+    Worked example: scores [0.2, 0.5, 0.5, 0.9] give [+inf, 0.7, 0.35, -inf]; +inf keeps
+    nothing (the most conservative), 0.7 keeps the 0.9 example, 0.35 also the two 0.5
+    ones, and -inf keeps every example.
+
+    Args:
+      scores: any shape; NaN and infinite scores take no part in the midpoints.
+      num: at most this many midpoints, evenly spaced in rank (quantiles of the midpoints);
+        None: every midpoint.
+
+    Returns:
+      [m] float64 thresholds, descending: +inf, the midpoints, -inf.
+    """
+    if num is not None and (isinstance(num, bool) or not isinstance(num, numbers.Integral)):
+        raise ValueError(f"num must be a positive int or None, got {num=!r}")
+    if num is not None and num < 1:
+        raise ValueError(f"num must be a positive int or None, got {num=!r}")
+    s = np.asarray(scores, np.float64).reshape(-1)
+    distinct = np.unique(s[np.isfinite(s)])
+    # halves first: (a + b) / 2 would overflow for scores near the float64 maximum
+    mids = distinct[:-1] / 2 + distinct[1:] / 2
+    if num is not None and mids.size > num:
+        mids = mids[np.unique(np.round(np.linspace(0, mids.size - 1, num)).astype(np.int64))]
+    return np.concatenate([[np.inf], mids[::-1], [-np.inf]])
+
+
+def _as_bool(values: Any, name: str) -> np.ndarray:
+    """`values` as a bool array; NaN or anything but 0/1 is an error, not "correct".
+
+    `np.asarray(x, bool)` would count NaN (and 0.5, 2, -1) as True, so a missing label or
+    a probability passed by mistake would read as a right answer.
+    """
+    a = np.asarray(values)
+    if a.dtype == bool:
+        return a
+    if not (np.issubdtype(a.dtype, np.number) and not np.iscomplexobj(a)):
+        raise ValueError(f"{name} must be booleans (or 0/1), got dtype {a.dtype}")
+    if a.size and not np.isin(a, (0, 1)).all():
+        bad = a[~np.isin(a, (0, 1))].reshape(-1)[:5].tolist()
+        raise ValueError(f"{name} must be booleans (or 0/1), got values such as {bad}")
+    return a.astype(bool)
+
+
+def _check_cost(cost: np.ndarray) -> None:
+    if np.isnan(cost).any():
+        raise ValueError("cost holds NaN")
+    if (cost < 0).any():
+        raise ValueError(f"cost must be >= 0, got a minimum of {cost.min()}")
+    if np.isinf(cost).any():
+        raise ValueError("cost holds infinity")
+
+
 def calibrate(
     correct: np.ndarray,
     cost: np.ndarray,
@@ -89,22 +151,29 @@ def calibrate(
       target: the objective.
       settings: optional sequence of length m (the thresholds), echoed in the result.
     """
-    correct = np.asarray(correct, bool)
+    correct = _as_bool(correct, "correct")
     if correct.ndim != 2:
         raise ValueError(f"correct must have shape [candidates, examples], got {correct.shape}")
     m, n = correct.shape
-    cost = np.asarray(cost, np.float64)
-    if cost.ndim == 2:
+    if m == 0:
+        raise ValueError("calibration needs at least one candidate, got correct of shape [0, n]")
+    try:
+        cost = np.asarray(cost, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"cost must be numbers, got {cost!r}") from None
+    if cost.shape == (m, n):
+        _check_cost(cost)
         cost = cost.mean(axis=1)
     if cost.shape != (m,):
         raise ValueError(f"cost must have shape [{m}] or [{m}, {n}], got {cost.shape}")
-    reference_correct = np.asarray(reference_correct, bool)
+    reference_correct = _as_bool(reference_correct, "reference_correct")
     if reference_correct.shape != (n,):
         raise ValueError(f"reference_correct must have shape [{n}], got {reference_correct.shape}")
     if n == 0:
         raise ValueError("calibration needs at least one example")
-    if np.isnan(cost).any():
-        raise ValueError("cost holds NaN")
+    _check_cost(cost)
+    if settings is not None and len(settings) != m:
+        raise ValueError(f"settings must have one entry per candidate ({m}), got {len(settings)}")
     acc = correct.mean(axis=1)
     ref_acc = float(reference_correct.mean())
 
@@ -154,8 +223,21 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         raise ValueError(
             f"logits must be [n, c] and labels [n], got {logits.shape} and {labels.shape}"
         )
+    if logits.shape[0] == 0:
+        raise ValueError("fit_temperature needs at least one example, got none")
+    if logits.shape[1] < 2:
+        raise ValueError(f"fit_temperature needs at least 2 classes, got logits {logits.shape}")
     if not np.isfinite(logits).all():
         raise ValueError("logits hold NaN or infinity")
+    c = logits.shape[1]
+    if not np.issubdtype(labels.dtype, np.integer):
+        if not (np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0)):
+            raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}")
+        labels = labels.astype(np.int64)
+    # a negative label would index from the end (-1 the last class) and fit the wrong class
+    if labels.min() < 0 or labels.max() >= c:
+        bad = labels[(labels < 0) | (labels >= c)][:5].tolist()
+        raise ValueError(f"labels must lie in [0, {c}), got {bad}")
 
     def nll(log_t: float) -> float:
         z = logits / math.exp(log_t)

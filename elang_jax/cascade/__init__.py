@@ -18,9 +18,13 @@ from elang_jax.cascade._seq2seq import (
     EnergyHead,
     Seq2SeqCascadeConfig,
     Seq2SeqCascadeOutput,
+    masked_mean,
+    pooled_encoder_features,
+)
+from elang_jax.cascade._seq2seq_head import (
     calibrate_seq2seq_threshold,
     make_head_targets,
-    pooled_encoder_features,
+    normalize_tokens,
     seq2seq_tier_costs,
     train_energy_head,
 )
@@ -32,6 +36,8 @@ __all__ = [
     "Seq2SeqCascadeOutput",
     "calibrate_seq2seq_threshold",
     "make_head_targets",
+    "masked_mean",
+    "normalize_tokens",
     "pooled_encoder_features",
     "seq2seq_tier_costs",
     "train_energy_head",

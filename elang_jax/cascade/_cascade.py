@@ -53,7 +53,7 @@ class TierConfig:
     """
 
     name: str
-    score: Score = Score.ENERGY
+    score: Score | str = Score.ENERGY
     threshold: float = math.inf
     temperature: float = 1.0
     batch_size: int = 64
@@ -62,8 +62,10 @@ class TierConfig:
         object.__setattr__(self, "score", Score(self.score))
         if math.isnan(self.threshold):
             raise ValueError(f"tier {self.name!r}: threshold is NaN")
-        if math.isnan(self.temperature) or self.temperature <= 0:
-            raise ValueError(f"tier {self.name!r}: temperature must be > 0, got {self.temperature}")
+        from elang_jax.routing import check_temperature  # kept local to this method
+
+        t = check_temperature(self.temperature, where=f"tier {self.name!r}: ")
+        object.__setattr__(self, "temperature", t)
         if self.batch_size < 1:
             raise ValueError(f"tier {self.name!r}: batch_size must be >= 1, got {self.batch_size}")
 
@@ -156,9 +158,9 @@ class Cascade:
         """[b] analytic FLOPs of each example of a batch padded to `length`: every tier
         that ran on it (`elang_jax.flops.classifier_flops`)."""
         ran = ~np.isnan(np.asarray(out.scores))
-        per_tier = np.array(
-            [flops.classifier_flops(t.model.config, length) for t in self.tiers], np.float64
-        )
+        # Every tier's classifier has a `config`; `Tier.model` is typed as any nnx.Module.
+        configs = [t.model.config for t in self.tiers]  # pyright: ignore[reportAttributeAccessIssue]
+        per_tier = np.array([flops.classifier_flops(c, length) for c in configs], np.float64)
         return ran.astype(np.float64) @ per_tier
 
     # ------------------------------------------------------------------ offline path

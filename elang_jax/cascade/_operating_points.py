@@ -11,7 +11,12 @@ import itertools
 
 import numpy as np
 
-from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate
+from elang_jax.calibration import (
+    CalibrationTarget,
+    OperatingPoint,
+    calibrate,
+    threshold_candidates,
+)
 
 
 def simulate(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -39,8 +44,9 @@ def cascade_candidates(
       correct: [n, N] whether each tier is right on each example.
       tier_costs: [N] or [n, N] cost of running each tier (per example), relative to
         anything consistent (e.g. FLOPs / top tier FLOPs).
-      grid_size: for two tiers every distinct score is a candidate; beyond that, this many
-        quantiles per tier form a product grid.
+      grid_size: for two tiers every midpoint between consecutive distinct scores is a
+        candidate; beyond that, at most this many midpoints per tier (spread over their
+        quantiles) form a product grid. Each axis also holds +inf and -inf.
 
     Returns:
       correct [m, n], mean cost [m], settings (a tuple of N-1 thresholds per candidate).
@@ -50,14 +56,10 @@ def cascade_candidates(
     n, n_tiers = correct.shape
     costs = np.broadcast_to(np.asarray(tier_costs, np.float64), (n, n_tiers))
     cum = np.cumsum(costs, axis=1)  # an example answered by tier k paid tiers 0..k
-    if n_tiers == 2:
-        axes = [np.concatenate([[np.inf], np.unique(scores[:, 0])[::-1], [-np.inf]])]
-    else:
-        qs = np.linspace(0.0, 1.0, grid_size)
-        axes = [
-            np.concatenate([[np.inf], np.unique(np.quantile(scores[:, k], qs))[::-1], [-np.inf]])
-            for k in range(n_tiers - 1)
-        ]
+    # Thresholds lie between observed scores (`threshold_candidates`), never on one, so a
+    # score that differs by a rounding error at serving time keeps its calibrated tier.
+    num = None if n_tiers == 2 else grid_size
+    axes = [threshold_candidates(scores[:, k], num) for k in range(n_tiers - 1)]
     settings, corr, cost = [], [], []
     for th in itertools.product(*axes):
         tier = simulate(scores, np.asarray(th))

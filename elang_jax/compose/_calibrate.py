@@ -23,7 +23,12 @@ import numpy as np
 from jaxtyping import Bool, Float, Int
 
 from elang_jax import data
-from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate
+from elang_jax.calibration import (
+    CalibrationTarget,
+    OperatingPoint,
+    calibrate,
+    threshold_candidates,
+)
 from elang_jax.compose._config import ComposedConfig
 from elang_jax.compose._system import ComposedClassifier
 from elang_jax.exits import ExitPolicy, exit_scores, simulate_exits
@@ -84,16 +89,15 @@ def _exit_candidates(logits, policy: ExitPolicy | None, num: int) -> list[float]
         return [math.inf]
     if policy is ExitPolicy.PATIENCE:
         raise ValueError("composed calibration sweeps thresholds: use a score-based exit policy")
-    return [math.inf, *_between(exit_scores(logits, policy)[:-1].ravel(), num)]
+    return _between(exit_scores(logits, policy)[:-1].ravel(), num)
 
 
 def _between(scores: np.ndarray, num: int) -> list[float]:
-    """About `num` thresholds, descending, spread over the quantiles of `scores` but never on
-    a score itself (midpoints, and one below the lowest): a threshold equal to a score would
-    let float differences between two compiled programs flip that example's decision."""
-    q = np.unique(np.quantile(scores[np.isfinite(scores)], np.linspace(0.0, 1.0, num)))
-    cuts = [float(q[0]) - 1.0, *((q[:-1] + q[1:]) / 2)]
-    return sorted(cuts, reverse=True)
+    """+inf, at most `num` thresholds between consecutive distinct scores (spread over their
+    quantiles), and -inf, descending (`elang_jax.calibration.threshold_candidates`): a
+    threshold equal to a score would let float differences between two compiled programs
+    flip that example's decision."""
+    return [float(t) for t in threshold_candidates(scores, num)]
 
 
 def _tier_runs(
@@ -148,8 +152,9 @@ class CandidateGrid:
 def candidate_grid(
     system: ComposedClassifier, outcomes: Sequence[TierOutcomes], num: int = 12
 ) -> CandidateGrid:
-    """Replays the composed step for every combination of `num` candidate thresholds per
-    tier exit policy and per cascade decision (quantiles of the calibration scores)."""
+    """Replays the composed step for every combination of candidate thresholds per tier exit
+    policy and per cascade decision: +inf, at most `num` midpoints between calibration
+    scores (spread over their quantiles) and -inf (`threshold_candidates`)."""
     cfg = system.config
     if len(outcomes) != system.num_tiers:
         raise ValueError(f"{system.num_tiers} tiers but outcomes for {len(outcomes)}")
@@ -161,7 +166,7 @@ def candidate_grid(
     cascade_grid = []
     for k in range(system.num_tiers - 1):
         s = np.concatenate([r.scores for r in runs[k]])
-        cascade_grid.append([math.inf, *_between(s, num)])
+        cascade_grid.append(_between(s, num))
     preds, costs, configs = [], [], []
     for exit_choice in itertools.product(*(range(len(g)) for g in exit_grid)):
         chosen = [runs[k][i] for k, i in enumerate(exit_choice)]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 from elang_jax.exits import ExitPolicy
 from elang_jax.pruning import AccConfig
-from elang_jax.routing import Score
+from elang_jax.routing import Score, check_temperature
 
 
 def _fractions(name: str, fractions: tuple[float, ...]) -> tuple[float, ...]:
@@ -65,10 +66,15 @@ class ComposedTierConfig:
         for field in ("threshold", "exit_threshold"):
             if math.isnan(getattr(self, field)):
                 raise ValueError(f"tier {self.name!r}: {field} is NaN")
-        if math.isnan(self.temperature) or self.temperature <= 0:
-            raise ValueError(f"tier {self.name!r}: temperature must be > 0, got {self.temperature}")
-        if self.exit_patience < 1:
-            raise ValueError(f"tier {self.name!r}: exit_patience must be >= 1")
+        t = check_temperature(self.temperature, where=f"tier {self.name!r}: ")
+        object.__setattr__(self, "temperature", t)
+        p = self.exit_patience
+        # a fractional patience would be truncated by the exit step's int comparison
+        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:
+            raise ValueError(
+                f"tier {self.name!r}: exit_patience must be an int >= 1, got {self.exit_patience!r}"
+            )
+        object.__setattr__(self, "exit_patience", int(p))
         if self.acc_rate is not None and not 0.0 < self.acc_rate <= 1.0:
             raise ValueError(
                 f"tier {self.name!r}: acc_rate must lie in (0, 1], got {self.acc_rate}"

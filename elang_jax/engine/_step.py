@@ -17,7 +17,7 @@ normalisation), and the traced computation (`run`). The engine does the rest, on
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import chex
 import jax
@@ -27,6 +27,7 @@ from flax import nnx
 from elang_jax.core import bucket_sizes
 
 
+@runtime_checkable  # beartype checks arguments against it under pytest
 class StepProgram(Protocol):
     """What a front end gives the engine (see the module docstring)."""
 
@@ -46,8 +47,10 @@ class StepProgram(Protocol):
         valid: Any,
         params: Any,
         buckets: tuple[int, ...],
+        /,
     ) -> Any:
-        """The traced computation on merged copies of the modules."""
+        """The traced computation on merged copies of the modules (arguments passed by
+        position, so a front end names them after what they hold, e.g. `thresholds`)."""
         ...
 
 
@@ -93,7 +96,9 @@ class CompiledStep:
 
     def limit_traces(self, n: int) -> CompiledStep:
         """Fails (`chex.assert_max_traces`) once the program is traced more than n times
-        from now on: pins a step's compile count in tests."""
+        from now on: pins a step's compile count in tests. chex counts per call site of
+        this method: call `chex.clear_trace_counter()` before pinning several steps from
+        one place."""
         self._jitted = jax.jit(chex.assert_max_traces(self._traced, n=n), static_argnums=(0, 1))
         return self
 

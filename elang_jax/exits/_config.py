@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import numbers
 
 
 class ExitPolicy(enum.StrEnum):
@@ -39,6 +40,14 @@ class LossWeighting(enum.StrEnum):
     UNIFORM = "uniform"
     PABEE = "pabee"
     GEOMETRIC = "geometric"
+
+
+def _whole(value, name: str) -> int:
+    """`value` as an int if it is an integer (2, np.int64(2)); else a ValueError naming the
+    field (int() would truncate 1.7 to 1 silently)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number (an int), got {name}={value!r}")
+    return int(value)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -79,10 +88,11 @@ class MultiExitConfig:
             raise ValueError("threshold is NaN")
         if self.pooling not in ("cls", "mean"):
             raise ValueError(f"pooling must be 'cls' or 'mean', got {self.pooling!r}")
+        object.__setattr__(self, "patience", _whole(self.patience, "patience"))
         if self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
         if self.exit_layers is not None:
-            layers = tuple(int(x) for x in self.exit_layers)
+            layers = tuple(_whole(x, "exit_layers") for x in self.exit_layers)
             if not layers or list(layers) != sorted(set(layers)) or layers[0] < 1:
                 raise ValueError(
                     f"exit_layers must be strictly increasing 1-based layers, got {layers}"

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from elang_jax.core import (
     StackState,
@@ -150,6 +151,7 @@ class MultiExit(nnx.Module):
             init[k, layer] = 1.0
         self.mix = nnx.Param(jnp.asarray(init)) if config.mix_cls else None
         self.temperatures = ExitTemperature(jnp.ones((n,), jnp.float32))
+        self._steps = _StepCache()
 
     @property
     def num_exits(self) -> int:
@@ -200,15 +202,19 @@ class MultiExit(nnx.Module):
     # ------------------------------------------------------------------ full pass
     def __call__(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | None = None,
-        token_type_ids: Int[Array, "b t"] | None = None,
+        input_ids: Int[ArrayLike, "b t"],
+        attention_mask: Int[ArrayLike, "b t"] | None = None,
+        token_type_ids: Int[ArrayLike, "b t"] | None = None,
         *,
         rngs: nnx.Rngs | None = None,
     ) -> MultiExitOutput:
         """Runs every layer and every exit (training, calibration, analysis)."""
         enc = self.model.encoder
         enc.check_inputs(input_ids, attention_mask, token_type_ids)
+        # Host (numpy) inputs become device arrays here, once, for the layers below.
+        input_ids = jnp.asarray(input_ids)
+        attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
+        token_type_ids = None if token_type_ids is None else jnp.asarray(token_type_ids)
         h = enc.embed(input_ids, token_type_ids, rngs=rngs)
         out = enc.run_layers(h, attention_mask, output_hidden_states=True, rngs=rngs)
         pooling = self.config.pooling
@@ -236,33 +242,35 @@ class MultiExit(nnx.Module):
         structure on every call.
         """
         policy = self.config.policy if policy is None else ExitPolicy(policy)
-        engines = _ENGINES.setdefault(self, {})
+        engines = self._steps.engines.setdefault(self, {})
         if policy not in engines:
-            engines[policy] = StepEngine(
-                _ExitProgram(weakref.ref(self), policy), self.config.bucket_fractions
-            )
+            engines[policy] = StepEngine(_ExitProgram(self, policy), self.config.bucket_fractions)
         return engines[policy].step(batch_size)
 
 
-# One set of compiled exit steps per module, dropped with it (an nnx.Module holds arrays and
-# submodules only, so the cache lives beside it).
-_ENGINES: weakref.WeakKeyDictionary[MultiExit, dict[ExitPolicy, StepEngine]] = (
-    weakref.WeakKeyDictionary()
-)
+class _StepCache:
+    """The compiled exit steps of a module, per module object.
+
+    A static attribute of the module (not state): `nnx.clone` and `nnx.merge` share it, so it
+    is keyed by the module itself, and a clone builds its own steps. The steps refer back to
+    their module, a cycle that the garbage collector frees with the module.
+    """
+
+    def __init__(self):
+        self.engines: weakref.WeakKeyDictionary[MultiExit, dict[ExitPolicy, StepEngine]] = (
+            weakref.WeakKeyDictionary()
+        )
 
 
 class _ExitProgram:
     """The exit step as a step-engine program: one tier with exits."""
 
-    def __init__(self, module: weakref.ref, policy: ExitPolicy):
+    def __init__(self, module: MultiExit, policy: ExitPolicy):
         self._module = module
         self.policy = policy
 
     def _me(self) -> MultiExit:
-        me = self._module()
-        if me is None:
-            raise RuntimeError("the MultiExit this step was built for no longer exists")
-        return me
+        return self._module
 
     def structure(self):
         return [self._me()], self.policy
@@ -365,7 +373,8 @@ def exit_loop(
     counts = _counts(me, t, selector)
     exits = me.exit_layers
     last = len(exits) - 1
-    carry = dict(
+    # A pytree of a StackState and per-row arrays.
+    carry: dict[str, Any] = dict(
         state=state,
         feats=feats,
         done=~valid,

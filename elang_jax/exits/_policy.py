@@ -12,7 +12,12 @@ import math
 
 import numpy as np
 
-from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate
+from elang_jax.calibration import (
+    CalibrationTarget,
+    OperatingPoint,
+    calibrate,
+    threshold_candidates,
+)
 from elang_jax.exits._config import ExitPolicy
 from elang_jax.routing import score
 
@@ -89,8 +94,8 @@ def candidate_settings(
     if policy is ExitPolicy.PATIENCE:
         return [float(p) for p in range(e, 0, -1)]
     s = exit_scores(logits, policy, temperatures)[:-1].ravel()
-    qs = np.unique(np.quantile(s, np.linspace(1.0, 0.0, num)))[::-1]
-    return [math.inf, *(float(q) for q in qs)]
+    # Between scores, never on one: an example's exit must not hinge on float noise.
+    return [float(t) for t in threshold_candidates(s, num)]
 
 
 def calibrate_exits(

@@ -69,6 +69,8 @@ def from_pretrained(
         config = family.config_from_hf(hf_config)
     except KeyError as e:
         raise ValueError(f"{path / _io.CONFIG} lacks the field {e} that {family.name} needs") from e
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path / _io.CONFIG} does not describe a {family.name} model: {e}") from e
     overrides = dict(config_overrides)
     if num_labels is not None:
         overrides["num_labels"] = num_labels

@@ -42,11 +42,39 @@ def resolve(path_or_name: str | os.PathLike) -> Path:
         ) from e
 
 
+def read_json(file: Path) -> dict:
+    """A JSON object from `file`; a ValueError naming the file if it is not one."""
+    try:
+        out = json.loads(file.read_text())
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{file} is not a JSON text file ({e})") from e
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(out, dict):
+        raise ValueError(f"{file} must hold a JSON object, got {type(out).__name__}")
+    return out
+
+
 def read_config(path: Path) -> dict:
     file = path / CONFIG
     if not file.exists():
         raise FileNotFoundError(f"{path} has no {CONFIG}; found {sorted(os.listdir(path))}")
-    return json.loads(file.read_text())
+    return read_json(file)
+
+
+def _read(reader, file: Path) -> dict[str, np.ndarray]:
+    """`reader(file)`, with any failure to parse it reported as a ValueError naming it."""
+    if not file.exists():
+        raise FileNotFoundError(f"{file} does not exist (named by the checkpoint's index)")
+    try:
+        return reader(file)
+    except ImportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the readers raise library-specific types
+        raise ValueError(
+            f"{file} could not be read as a checkpoint ({type(e).__name__}: {e}); the file is "
+            "corrupt or truncated"
+        ) from e
 
 
 def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
@@ -86,12 +114,15 @@ def read_tensors(path: Path) -> dict[str, np.ndarray]:
         (TORCH_BIN, TORCH_BIN_INDEX, _read_torch),
     ):
         if (path / single).exists():
-            return reader(path / single)
+            return _read(reader, path / single)
         if (path / index).exists():
-            shards = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
+            weight_map = read_json(path / index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{path / index} has no 'weight_map' object")
+            shards = sorted(set(weight_map.values()))
             out: dict[str, np.ndarray] = {}
             for shard in shards:
-                out.update(reader(path / shard))
+                out.update(_read(reader, path / shard))
             return out
     raise FileNotFoundError(
         f"{path} holds no weights: expected {SAFETENSORS} or {TORCH_BIN} (or their sharded "

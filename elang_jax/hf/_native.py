@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from elang_jax.hf._io import read_json
 from elang_jax.hf._registry import families, family_and_head_for_model
 
 NATIVE_FILE = "elang_jax.json"
@@ -71,11 +72,17 @@ def load_native(path: str | os.PathLike, seed: int = 0) -> nnx.Module:
     path = Path(path).absolute()
     if not is_native(path):
         raise FileNotFoundError(f"{path} has no {NATIVE_FILE}: not an elang_jax checkpoint")
-    meta = json.loads((path / NATIVE_FILE).read_text())
+    file = path / NATIVE_FILE
+    meta = read_json(file)
     if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path / NATIVE_FILE}: unsupported format {meta.get('format')}")
-    family = families()[meta["family"]]
-    cls = family.heads[meta["head"]]
+        raise ValueError(f"{file}: unsupported format {meta.get('format')}")
+    try:
+        family = families()[meta["family"]]
+        cls = family.heads[meta["head"]]
+    except KeyError as e:
+        raise ValueError(f"{file}: unknown or missing family/head {e}") from None
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{file} has no 'config' object")
     config = _config_from_json(_config_class(cls), meta["config"])
     model = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(seed)))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

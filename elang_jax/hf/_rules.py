@@ -29,10 +29,12 @@ class CheckpointMismatchError(ValueError):
         unexpected: Sequence[str] = (),
         mis_shaped: Sequence[str] = (),
         source: str = "checkpoint",
+        mis_typed: Sequence[str] = (),
     ):
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.mis_shaped = list(mis_shaped)
+        self.mis_typed = list(mis_typed)
         lines = [f"{source} does not match the model:"]
         if self.missing:
             lines.append(f"  missing tensors ({len(self.missing)}): {', '.join(self.missing)}")
@@ -43,6 +45,10 @@ class CheckpointMismatchError(ValueError):
         if self.mis_shaped:
             lines.append(
                 f"  mis-shaped tensors ({len(self.mis_shaped)}): {', '.join(self.mis_shaped)}"
+            )
+        if self.mis_typed:
+            lines.append(
+                f"  mis-typed tensors ({len(self.mis_typed)}): {', '.join(self.mis_typed)}"
             )
         super().__init__("\n".join(lines))
 
@@ -125,6 +131,17 @@ class LoadReport:
     ignored: tuple[str, ...] = ()  # tensors matched by an ignore pattern
 
 
+def _kind(dtype) -> str:
+    """ "float", "int" or "bool" (bfloat16 counts as float; widths may differ)."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return "float"
+    if jnp.issubdtype(dtype, jnp.bool_):
+        return "bool"
+    if jnp.issubdtype(dtype, jnp.integer):
+        return "int"
+    return np.dtype(dtype).name
+
+
 def load_into(
     model: nnx.Module,
     tensors: dict[str, np.ndarray],
@@ -143,13 +160,15 @@ def load_into(
         (buffers, other heads); anything else left over is an error.
 
     Raises:
-      CheckpointMismatchError listing every missing, unexpected and mis-shaped tensor.
+      CheckpointMismatchError listing every missing, unexpected, mis-shaped and mis-typed
+      tensor (an integer or bool tensor for a float parameter, or the reverse; float widths
+      such as float16 -> float32 convert).
     """
     aliases = aliases or {}
     state = nnx.state(model)
     flat = dict(nnx.to_flat_state(state))
     consumed: set[str] = set()
-    missing, mis_shaped, initialised = [], [], []
+    missing, mis_shaped, mis_typed, initialised = [], [], [], []
     updates: dict[Path, np.ndarray] = {}
     for rule in rules:
         names = [rule.hf, *aliases.get(rule.hf, ())]
@@ -166,13 +185,20 @@ def load_into(
             if tuple(value.shape) != want:
                 mis_shaped.append(f"{present[0]} (got {tuple(value.shape)}, model wants {want})")
                 continue
+            if _kind(value.dtype) != _kind(flat[path].dtype):
+                # an int32 tensor for a float weight is a wrong or corrupt file, not a cast
+                mis_typed.append(
+                    f"{present[0]} (got {np.dtype(value.dtype).name}, model wants "
+                    f"{np.dtype(flat[path].dtype).name})"
+                )
+                continue
             updates[path] = value
     ignored = [
         n for n in tensors if n not in consumed and any(fnmatch.fnmatch(n, p) for p in ignore)
     ]
     unexpected = sorted(set(tensors) - consumed - set(ignored))
-    if missing or unexpected or mis_shaped:
-        raise CheckpointMismatchError(missing, unexpected, mis_shaped, source)
+    if missing or unexpected or mis_shaped or mis_typed:
+        raise CheckpointMismatchError(missing, unexpected, mis_shaped, source, mis_typed)
     for path, value in updates.items():
         var = flat[path]
         var[...] = jnp.asarray(value, dtype=var.dtype)

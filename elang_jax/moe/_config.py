@@ -90,9 +90,9 @@ class MoEConfig:
 
     num_experts: int
     top_k: int
-    impl: MoEImpl = MoEImpl.DENSE
-    router: RouterKind = RouterKind.MLP
-    gate: GateKind = GateKind.NONE
+    impl: MoEImpl | str = MoEImpl.DENSE  # strings are converted to the enums
+    router: RouterKind | str = RouterKind.MLP
+    gate: GateKind | str = GateKind.NONE
     num_groups: int = 1
     renormalize: bool = False
     capacity_factor: float | None = None
@@ -128,14 +128,22 @@ class MoEConfig:
                 f"top_k must be a multiple of num_groups (top_k / num_groups per group), got "
                 f"{self.top_k=} {self.num_groups=}"
             )
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be positive or None, {self.capacity_factor=}")
+        # NaN fails every comparison and inf would make C = n (silently dropless) or an
+        # infinite loss: each number must be finite.
+        if self.capacity_factor is not None and not 0 < self.capacity_factor < math.inf:
+            raise ValueError(
+                f"capacity_factor must be positive and finite, or None; got {self.capacity_factor=}"
+            )
         for name in ("dropless_capacity", "overflow_chunk"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {name}={getattr(self, name)!r}")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(
+                    f"{name} must be a positive finite number, got {name}={getattr(self, name)!r}"
+                )
         for name in ("load_balance_weight", "z_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {name}={getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(
+                    f"{name} must be a finite number >= 0, got {name}={getattr(self, name)!r}"
+                )
 
     @property
     def experts_per_group(self) -> int:

@@ -108,7 +108,8 @@ def _capacity_pass(
     # einsum over [e c d] (see eval/bench_moe.py); on accelerators both are fine.
     def expert(args):
         xe, w_in, b_in, w_out = args
-        return act(xe @ w_in + b_in) @ w_out
+        # [c d] @ [d f] + [1 f] -> [c f] -> [c d]
+        return act(xe @ w_in + b_in[None, :]) @ w_out
 
     # [e c d] -> [e*c d]
     yb = jax.lax.map(expert, (xb, w.w_in, w.b_in, w.w_out)).reshape(e * capacity, d)
@@ -184,4 +185,11 @@ def run(
     act: Act,
     config: MoEConfig,
 ) -> Float[Array, "n d"]:
+    """Runs the selected experts with `impl`; no tokens (n = 0) give an empty [0 d] output.
+
+    The empty case is decided here, from the static shape, because the sorted and Pallas
+    paths cannot form their [m d] buffers and kernel tiles with m = 0 rows.
+    """
+    if x.shape[0] == 0:
+        return jnp.zeros((0, w.w_out.shape[-1]), w.w_out.dtype)
     return _IMPLS[MoEImpl(impl)](x, expert_ids, gates, plan, w, act, config)

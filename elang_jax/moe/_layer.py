@@ -246,7 +246,8 @@ class MoEFeedForward(nnx.Module):
             config.impl, xf.astype(w.w_in.dtype), expert_ids, gates, plan, w, act, config
         )
         if self.b_out is not None:
-            y = y + self.b_out[...].astype(y.dtype)
+            # [n d] + [1 d]
+            y = y + self.b_out[...].astype(y.dtype)[None, :]
         lb = _routing.load_balance_loss(logits, expert_ids, config.num_experts)
         z = _routing.router_z_loss(logits)
         aux = config.load_balance_weight * lb + config.z_loss_weight * z
@@ -256,7 +257,10 @@ class MoEFeedForward(nnx.Module):
             gates=gates,
             router_logits=logits,
             expert_load=plan.group_sizes.astype(jnp.float32) / max(n * k, 1),
-            dropped_fraction=1.0 - keep.mean(dtype=jnp.float32),
+            # no tokens: nothing dropped (a mean over none would be NaN)
+            dropped_fraction=(
+                1.0 - keep.mean(dtype=jnp.float32) if n else jnp.zeros((), jnp.float32)
+            ),
             load_balance_loss=lb,
             router_z_loss=z,
             aux_loss=aux,

@@ -50,9 +50,10 @@ class Plan:
     expert: Int[Array, " m"]
     rank: Int[Array, " m"]
     group_sizes: Int[Array, " e"]
-    order: Int[Array, " m"]
-    sorted_experts: Int[Array, " m"]
-    position: Int[Array, " m"]
+    # None in a plan reduced to its per-assignment view (the dropless CAPACITY loop)
+    order: Int[Array, " m"] | None
+    sorted_experts: Int[Array, " m"] | None
+    position: Int[Array, " m"] | None
 
 
 jax.tree_util.register_dataclass(
@@ -97,7 +98,10 @@ def select(
     grouped = logits.reshape(n, g, per)
     top_logits, local = jax.lax.top_k(grouped, kg)
     # [n g kg] -> [n k], local ids mapped back to global expert ids g * E/G + j
-    expert_ids = (local + (jnp.arange(g, dtype=local.dtype) * per)[None, :, None]).reshape(n, -1)
+    # (an explicit k, not -1: with n = 0 tokens a -1 cannot be inferred)
+    expert_ids = (local + (jnp.arange(g, dtype=local.dtype) * per)[None, :, None]).reshape(
+        n, config.top_k
+    )
     if config.gate is GateKind.NONE:
         gates = jnp.ones((n, config.top_k), jnp.float32)
     else:
@@ -106,7 +110,7 @@ def select(
         probs = jnp.exp(top_logits.astype(jnp.float32) - lse)
         if config.renormalize:
             probs = probs / probs.sum(-1, keepdims=True)
-        gates = probs.reshape(n, -1)
+        gates = probs.reshape(n, config.top_k)
     return expert_ids.astype(jnp.int32), gates
 
 
@@ -116,7 +120,10 @@ def load_balance_loss(
     """Switch Transformer loss E * sum_e f_e * P_e (1 when perfectly balanced).
 
     f_e is the fraction of assignments routed to e, P_e the mean router probability of e.
+    With no tokens (n = 0) there is nothing to balance: the loss is 0, not NaN.
     """
+    if expert_ids.size == 0:
+        return jnp.zeros((), jnp.float32)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     counts = jnp.bincount(expert_ids.reshape(-1), length=num_experts).astype(jnp.float32)
     fraction = counts / expert_ids.size
@@ -124,5 +131,7 @@ def load_balance_loss(
 
 
 def router_z_loss(logits: Float[Array, "n e"]) -> Float[Array, ""]:
-    """ST-MoE router z-loss: mean squared log-partition, keeps logits small."""
+    """ST-MoE router z-loss: mean squared log-partition, keeps logits small (0 for n = 0)."""
+    if logits.shape[0] == 0:
+        return jnp.zeros((), jnp.float32)
     return jnp.mean(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1) ** 2)

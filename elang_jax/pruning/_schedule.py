@@ -17,6 +17,7 @@ import dataclasses
 import enum
 import functools
 import math
+import numbers
 from collections.abc import Iterable
 
 
@@ -130,6 +131,11 @@ class KeepSchedule:
     def __post_init__(self):
         if not 0.0 < self.rate <= 1.0:
             raise ValueError(f"rate must lie in (0, 1], got {self.rate=}")
+        n = self.num_layers
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            # a float would give a fractional step count in `fraction` and a truncated loop
+            raise ValueError(f"num_layers must be a whole number (an int), got {self.num_layers=}")
+        object.__setattr__(self, "num_layers", int(n))
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {self.num_layers=}")
         if not isinstance(self.config, AccConfig):

@@ -2,6 +2,7 @@
 
 from elang_jax.routing._scores import (
     Score,
+    check_temperature,
     energy_score,
     margin_score,
     max_prob_score,
@@ -12,6 +13,7 @@ from elang_jax.routing._scores import (
 
 __all__ = [
     "Score",
+    "check_temperature",
     "energy_score",
     "margin_score",
     "max_prob_score",
