@@ -278,3 +278,23 @@ def test_demo_out_that_cannot_be_written_fails_before_the_run(tmp_path, monkeypa
     assert "cannot be written" in capsys.readouterr().err
     assert main(["demo", "--quick", "--out", str(blocker)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- CALM
+
+
+def test_calm_gpt2_refuses_what_generate_refuses_and_takes_numpy_lengths():
+    from elang_jax.exits import calm_generate_gpt2
+    from elang_jax.models import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config.tiny(), rngs=nnx.Rngs(0))
+    ids = np.full((2, 5), 3, np.int32)
+    right_padded = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32)
+    empty_row = np.array([[0, 0, 0, 0, 0], [1, 1, 1, 1, 1]], np.int32)
+    for mask in (right_padded, empty_row):
+        with pytest.raises(ValueError, match="left-padded"):
+            model.generate(ids, mask, 3)
+        with pytest.raises(ValueError, match="left-padded"):
+            calm_generate_gpt2(model, ids, mask, 3)
+    out = calm_generate_gpt2(model, ids, None, np.int64(3), threshold=float("inf"))
+    np.testing.assert_array_equal(out.tokens, model.generate(ids, None, 3))

@@ -23,12 +23,13 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax.models._common import check_mask, check_token_ids, update_cache
 from elang_jax.models._decode import greedy_loop
-from elang_jax.models._gpt2 import GPT2LMHeadModel, causal_bias
+from elang_jax.models._gpt2 import GPT2LMHeadModel, causal_bias, check_prompt
 from elang_jax.models._t5 import T5ForConditionalGeneration
 from elang_jax.models._t5_layers import _masked_bias
 from elang_jax.routing import score
@@ -55,7 +56,7 @@ class CalmConfig:
     """
 
     threshold: float = math.inf
-    confidence: Confidence = Confidence.SOFTMAX_MAX
+    confidence: Confidence | str = Confidence.SOFTMAX_MAX
     decay: float = 4.0
     min_layers: int = 1
 
@@ -126,7 +127,7 @@ def _exit_token(
         before, h = h, jnp.where(exited[:, None, None], h, h_new)
         if i < num_layers - 1 and i + 1 >= config.min_layers:
             logits = head(h)[:, 0] if needs_logits else None
-            conf = _confidence(config.confidence, logits, before[:, 0], h[:, 0])
+            conf = _confidence(Confidence(config.confidence), logits, before[:, 0], h[:, 0])
             leave = ~exited & (conf >= lam)
             layers = jnp.where(leave, i + 1, layers)
             exited = exited | leave
@@ -140,8 +141,13 @@ def _run_checked(jitted, model, input_ids, attention_mask, max_new_tokens, confi
     if attention_mask is None:
         attention_mask = jnp.ones(input_ids.shape, jnp.int32)
     check_mask(attention_mask, input_ids.shape)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int | np.integer)
+        or max_new_tokens < 1
+    ):
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    max_new_tokens = int(max_new_tokens)
     lam = config.threshold if threshold is None else float(threshold)
     if math.isnan(lam):
         raise ValueError("threshold is NaN")
@@ -162,8 +168,8 @@ def _run_checked(jitted, model, input_ids, attention_mask, max_new_tokens, confi
 
 def calm_generate_gpt2(
     model: GPT2LMHeadModel,
-    input_ids: Int[Array, "b t"],
-    attention_mask: Int[Array, "b t"] | None = None,
+    input_ids: Int[ArrayLike, "b t"],
+    attention_mask: Int[ArrayLike, "b t"] | None = None,
     max_new_tokens: int = 20,
     config: CalmConfig | None = None,
     *,
@@ -174,6 +180,8 @@ def calm_generate_gpt2(
     With threshold +inf the tokens are those of `model.generate`. `threshold` overrides the
     config's without recompiling.
     """
+    # The prompt checks of `model.generate`: left padding, no empty rows.
+    attention_mask = check_prompt(model.config, input_ids, attention_mask, max_new_tokens)
     return _run_checked(
         _gpt2_jit, model, input_ids, attention_mask, max_new_tokens, config, threshold
     )
@@ -234,8 +242,8 @@ def _gpt2_jit(graphdef, state, input_ids, mask, lam, *, max_new_tokens, config):
 
 def calm_generate_t5(
     model: T5ForConditionalGeneration,
-    input_ids: Int[Array, "b s"],
-    attention_mask: Int[Array, "b s"] | None = None,
+    input_ids: Int[ArrayLike, "b s"],
+    attention_mask: Int[ArrayLike, "b s"] | None = None,
     max_new_tokens: int = 20,
     config: CalmConfig | None = None,
     *,

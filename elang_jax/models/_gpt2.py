@@ -20,13 +20,14 @@ tokens in generation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.struct
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax.models._common import (
     FeedForward,
@@ -66,6 +67,35 @@ class DecoderOutput(EncoderOutput):
     """
 
     cache: Cache | None = None
+
+
+def check_prompt(
+    config: GPT2Config,
+    input_ids: Int[Array, "b t"],
+    attention_mask: Int[Array, "b t"] | None,
+    max_new_tokens: int,
+) -> Int[Array, "b t"]:
+    """The checks every GPT-2 generation path runs on its prompt; returns the mask (all ones
+    when None). Prompts must be left-padded: a row whose last column is padding (right
+    padding, or an all-zero row) would generate from a pad token."""
+    check_token_ids(input_ids, config.vocab_size)
+    b, t = np.shape(input_ids)
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int | np.integer)
+        or max_new_tokens < 1
+    ):
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    check_length(t + int(max_new_tokens), config.n_positions, "prompt + max_new_tokens")
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    check_mask(attention_mask, (b, t))
+    if is_concrete(attention_mask) and not np.all(np.asarray(attention_mask)[:, -1]):
+        raise ValueError(
+            "generate needs left-padded prompts: the last column of attention_mask must be "
+            "1 for every row (pad on the left, as Hugging Face does for decoder-only models)"
+        )
+    return attention_mask
 
 
 def causal_bias(
@@ -129,6 +159,7 @@ class GPT2Block(nnx.Module):
         x = self.ln_1(h)
         k, v = self.attention.project_kv(x)
         if cache is not None:
+            assert cache_index is not None, "a cache needs cache_index"
             # The new keys land in their slots first, so the queries see themselves.
             cache = update_cache(cache, k, v, cache_index)
             k, v = cache.key, cache.value
@@ -156,20 +187,20 @@ class GPT2Model(nnx.Module):
 
     def check_inputs(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | Int[Array, "b c"] | None = None,
-        position_ids: Int[Array, "b t"] | None = None,
+        input_ids: Int[ArrayLike, "b t"],
+        attention_mask: Int[ArrayLike, "b t"] | Int[ArrayLike, "b c"] | None = None,
+        position_ids: Int[ArrayLike, "b t"] | None = None,
         *,
         cache: Cache | None = None,
         cache_index: Int[Array, ""] | int | None = None,
     ) -> None:
         """Shape, dtype and (for concrete arrays) value checks with messages that name them."""
         check_token_ids(input_ids, self.config.vocab_size)
-        b, t = input_ids.shape
+        b, t = np.shape(input_ids)
         check_length(t, self.config.n_positions)
         if position_ids is not None:
             check_mask(position_ids, (b, t), "position_ids")
-            if is_concrete(position_ids) and position_ids.size:
+            if is_concrete(position_ids) and np.size(position_ids):
                 pos = np.asarray(position_ids)
                 if pos.min() < 0 or pos.max() >= self.config.n_positions:
                     raise ValueError(
@@ -312,6 +343,7 @@ class GPT2Model(nnx.Module):
                 rngs=rngs,
             )
             if new_cache is not None:
+                assert layer_cache is not None  # a layer given a cache returns it
                 new_cache[i] = layer_cache
             hiddens.append(h)
             attns.append(probs)
@@ -345,6 +377,7 @@ class GPT2Model(nnx.Module):
         )
         if position_ids is None:
             offset = 0 if cache is None else cache_index
+            assert offset is not None  # check_inputs: a cache comes with cache_index
             position_ids = jnp.broadcast_to(
                 offset + jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape
             )
@@ -360,7 +393,7 @@ class GPT2Model(nnx.Module):
         )
         last = self.ln_f(out.last_hidden_state)
         hidden = None if out.hidden_states is None else (*out.hidden_states[:-1], last)
-        return out.replace(last_hidden_state=last, hidden_states=hidden)
+        return dataclasses.replace(out, last_hidden_state=last, hidden_states=hidden)
 
 
 class GPT2LMHeadModel(nnx.Module):
@@ -421,8 +454,8 @@ class GPT2LMHeadModel(nnx.Module):
 
     def generate(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | None = None,
+        input_ids: Int[ArrayLike, "b t"],
+        attention_mask: Int[ArrayLike, "b t"] | None = None,
         max_new_tokens: int = 20,
         *,
         eos_token_id: int | None = None,
@@ -444,19 +477,7 @@ class GPT2LMHeadModel(nnx.Module):
         Returns:
           int32 [b n] generated tokens, the prompt not included.
         """
-        check_token_ids(input_ids, self.config.vocab_size)
-        b, t = input_ids.shape
-        if not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-        check_length(t + max_new_tokens, self.config.n_positions, "prompt + max_new_tokens")
-        if attention_mask is None:
-            attention_mask = jnp.ones((b, t), jnp.int32)
-        check_mask(attention_mask, (b, t))
-        if is_concrete(attention_mask) and not np.all(np.asarray(attention_mask)[:, -1]):
-            raise ValueError(
-                "generate needs left-padded prompts: the last column of attention_mask must be "
-                "1 for every row (pad on the left, as Hugging Face does for decoder-only models)"
-            )
+        attention_mask = check_prompt(self.config, input_ids, attention_mask, max_new_tokens)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         pad = self.config.generation_pad_id if pad_token_id is None else pad_token_id
         graphdef, state = nnx.split(self)
