@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None, *, raise_errors: bool | None = None) -> 
     """
     if raise_errors is None:
         raise_errors = argv is not None
+    # The command line uses transformers for tokenizers and configs only: its advice that
+    # PyTorch is missing (a torch-free install is the normal case here) is noise to users.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     args = build_parser().parse_args(argv)
     if raise_errors:
         return args.fn(args)
