@@ -7,9 +7,10 @@ normalisation), and the traced computation (`run`). The engine does the rest, on
 
 * one `CompiledStep` per batch size, an object with named attributes (`batch_size`,
   `buckets`, `traces`) whose call checks the arguments and runs the compiled program;
-* the structure is read on every call and is a static argument of `jax.jit`: replacing a
-  model, a head, a temperature or an FFN (e.g. `moefy` in place) retraces the step, while
-  in-place weight updates and new thresholds reuse the compiled program;
+* the structure is read on every call (the modules' pytree structure, a static argument
+  of `jax.jit`): replacing a model, a head, a temperature or an FFN (e.g. `moefy` in
+  place) retraces the step, while in-place weight updates, a submodule replaced by one of
+  the same shapes, and new thresholds reuse the compiled program;
 * thresholds and other knobs are traced arguments, so calibration never recompiles;
 * `example_flops` on a step's outputs, from the front end's analytic cost.
 """
@@ -78,16 +79,22 @@ class CompiledStep:
         self._flops = flops
         self._jitted = jax.jit(self._traced, static_argnums=(0, 1))
 
-    def _traced(self, graphdef, static, state, inputs, valid, params):
+    def _traced(self, treedef, static, leaves, inputs, valid, params):
         self.traces += 1
-        modules = nnx.merge(graphdef, state)
+        # Fresh copies of the caller's modules: what the program changes on them (e.g. the
+        # active experts) never reaches the caller's objects.
+        modules = jax.tree.unflatten(treedef, leaves)
         return self._program.run(static, modules, inputs, valid, params, self.buckets)
 
     def __call__(self, *args, **kwargs):
         inputs, valid, params = self._program.prepare(self.batch_size, *args, **kwargs)
         modules, static = self._program.structure()
-        graphdef, state = nnx.split(tuple(modules))
-        return self._jitted(graphdef, static, state, inputs, valid, params)
+        # NNX modules are pytrees: the leaves are the current arrays (in-place updates
+        # included) and the treedef holds the structure and static attributes, so a changed
+        # structure retraces. Flattening costs ~0.4 ms per MiniLM-sized model, against
+        # ~3 ms for `nnx.split`'s graph traversal, on every call.
+        leaves, treedef = jax.tree.flatten(tuple(modules))
+        return self._jitted(treedef, static, leaves, inputs, valid, params)
 
     @property
     def jitted(self) -> Callable[..., Any]:
