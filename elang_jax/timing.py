@@ -35,7 +35,7 @@ from elang_jax.data import Batch
 BatchFn = Callable[[Batch], Any]
 
 
-def batch_inputs(batch: Batch) -> dict[str, Int[np.ndarray, "b t"]]:
+def batch_inputs(batch: Batch) -> dict[str, Int[np.ndarray | Array, "b t"]]:
     """The model inputs of a padded batch (input_ids, attention_mask, token_type_ids)."""
     return dict(
         input_ids=batch.input_ids,

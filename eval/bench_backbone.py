@@ -19,7 +19,7 @@ from elang_jax import jsonio
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="interleaved timing rounds")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)

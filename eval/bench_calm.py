@@ -17,7 +17,7 @@ from elang_jax import jsonio
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--layers", type=int, default=6)

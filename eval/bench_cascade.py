@@ -22,7 +22,7 @@ from elang_jax import jsonio
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--task", default="sst2")
     p.add_argument("--super", required=True, dest="super_dir")
     p.add_argument("--swift", required=True, dest="swift_dir")

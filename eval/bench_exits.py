@@ -24,7 +24,7 @@ from elang_jax import jsonio
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--model", required=True, help="fine-tuned classifier (HF directory)")
     p.add_argument("--task", default="sst2")
     p.add_argument("--holdout", type=int, default=1500)

@@ -30,7 +30,7 @@ from elang_jax import benchmarks as B
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--d-model", type=int, default=384)
     p.add_argument("--d-ff", type=int, default=1536)

@@ -179,14 +179,18 @@ _dispatch.defvjp(_dispatch_fwd, _dispatch_bwd)
 
 
 def dispatch(
-    x: Float[Array, "n d"],
-    order: Int[Array, " m"],
+    x: Array,
+    order: Array,
     k: int,
     *,
     block_rows: int = 128,
     interpret: bool | None = None,
 ) -> Float[Array, "m d"]:
     """Copies token rows into expert-sorted order: sorted[j] = x[order[j] % n].
+
+    The arguments' shapes and dtypes are checked here with messages that name them, so the
+    signature does not repeat them as jaxtyping shapes (a runtime checker would pre-empt
+    those messages).
 
     Args:
       x: [n d] token rows.
@@ -234,14 +238,16 @@ _combine_op.defvjp(_combine_fwd, _combine_bwd)
 
 
 def combine(
-    y: Float[Array, "m d"],
-    order: Int[Array, " m"],
-    gates: Float[Array, "n k"],
+    y: Array,
+    order: Array,
+    gates: Array,
     *,
     block_rows: int = 128,
     interpret: bool | None = None,
 ) -> Float[Array, "n d"]:
     """Adds expert outputs back to their tokens with their gates (accumulated in float32).
+
+    As in `dispatch`, the arguments are checked here with messages that name them.
 
     Args:
       y: [n*k d] expert outputs in expert-sorted order (slot j holds assignment order[j]).

@@ -6,8 +6,13 @@ import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import jax
 import numpy as np
 import pytest
+
+# Strict numerics for the whole session: a broadcast between arrays of different rank raises,
+# so every broadcast in elang_jax has to be written out (`[:, None]`, `reshape`).
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture

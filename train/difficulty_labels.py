@@ -17,7 +17,7 @@ from elang_jax.training import checkpoint_predictions, difficulty_labels
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoints", type=int, default=3)

@@ -38,7 +38,7 @@ PRESETS = {"sst2_minilm": training.sst2_minilm}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments; unset options keep the preset's (or the defaults') values."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--task", required=True, help="GLUE task: sst2, mrpc, rte, qnli")
     p.add_argument("--workdir", required=True, help="output directory (resumed if it exists)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named config")

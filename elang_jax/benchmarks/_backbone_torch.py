@@ -42,7 +42,10 @@ def torch_factory(diffs: list[float]) -> ExtraFactory:
             )
         path = str(setup.checkpoint)
         if path not in models:
-            models[path] = transformers.BertModel.from_pretrained(path).eval().to(device)
+            model = transformers.BertModel.from_pretrained(path).eval()
+            # transformers wraps `.to` with `functools.wraps(nn.Module.to)`, which pyright
+            # reads as an unbound function whose `self` is the device.
+            models[path] = model.to(device)  # pyright: ignore[reportArgumentType]
         model = models[path]
         kw = {
             k: torch.tensor(np.asarray(v), dtype=torch.long, device=device)

@@ -28,6 +28,7 @@ from flax import nnx
 
 from elang_jax import data
 from elang_jax.flops import lm_head_flops
+from elang_jax.models import BertForSequenceClassification
 from elang_jax.pruning import (
     AccConfig,
     KeepSchedule,
@@ -121,6 +122,7 @@ def evaluate_acc(config: AccEvalConfig) -> dict[str, Any]:
 
     task = data.GLUE_TASKS[config.task]
     model = from_pretrained(config.model_dir, head="sequence_classification")
+    assert isinstance(model, BertForSequenceClassification), type(model).__name__
     tokenizer = data.load_tokenizer(config.model_dir)
     examples = data.read_glue(config.task, "dev")
     encoded = data.encode_glue(tokenizer, examples, config.max_length, truncate=True)

@@ -16,10 +16,17 @@ import dataclasses
 import math
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from elang_jax.exits import CalmConfig, calm_generate_gpt2, calm_generate_t5, mean_layers_per_token
+from elang_jax.exits import (
+    CalmConfig,
+    Confidence,
+    calm_generate_gpt2,
+    calm_generate_t5,
+    mean_layers_per_token,
+)
 from elang_jax.models import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
 # The thresholds swept per confidence measure, +inf (never exit) first, -inf (always) last.
@@ -70,8 +77,8 @@ def calm_sweep(config: CalmEvalConfig) -> dict[str, Any]:
     t5 = T5ForConditionalGeneration(
         T5Config.tiny(num_layers=2, num_decoder_layers=config.layers), rngs=nnx.Rngs(0)
     )
-    prompts = rng.randint(1, 90, (config.batch, 8)).astype(np.int32)
-    mask = np.ones_like(prompts)
+    prompts = jnp.asarray(rng.randint(1, 90, (config.batch, 8)), jnp.int32)
+    mask = jnp.ones_like(prompts)
     runs = {
         "gpt2": lambda cfg: calm_generate_gpt2(gpt2, prompts, mask, config.new_tokens, cfg),
         "t5": lambda cfg: calm_generate_t5(t5, prompts, mask, config.new_tokens, cfg),
@@ -81,7 +88,7 @@ def calm_sweep(config: CalmEvalConfig) -> dict[str, Any]:
         full = np.asarray(run(CalmConfig()).tokens)
         for measure, thresholds in CALM_THRESHOLDS.items():
             for thr in thresholds:
-                out = run(CalmConfig(confidence=measure, threshold=thr))
+                out = run(CalmConfig(confidence=Confidence(measure), threshold=thr))
                 rows.append(
                     dict(
                         model=name,

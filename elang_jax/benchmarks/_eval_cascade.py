@@ -22,10 +22,11 @@ import jax
 import numpy as np
 
 from elang_jax import data as D
-from elang_jax.calibration import CalibrationTarget
+from elang_jax.calibration import CalibrationTarget, Objective
 from elang_jax.cascade import Cascade, Tier, TierConfig, calibrate_two_tier, dataset_logits
 from elang_jax.flops import classifier_flops
-from elang_jax.routing import score
+from elang_jax.models import BertForSequenceClassification
+from elang_jax.routing import Score, score
 from elang_jax.timing import batch_inputs, logits_fn, over_batches, time_interleaved
 
 # (row name, Swift model key, escalation score, note)
@@ -79,7 +80,9 @@ class CascadeEvalConfig:
 
     @property
     def target(self) -> CalibrationTarget:
-        return CalibrationTarget(objective=self.objective, epsilon=self.epsilon, delta=self.delta)
+        return CalibrationTarget(
+            objective=Objective(self.objective), epsilon=self.epsilon, delta=self.delta
+        )
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -102,7 +105,11 @@ def evaluate_cascades(config: CascadeEvalConfig) -> dict[str, Any]:
     dirs = {"super": config.super_dir, "swift": config.swift_dir}
     if config.swift_dar_dir:
         dirs["swift_dar"] = config.swift_dar_dir
-    models = {k: from_pretrained(v) for k, v in dirs.items()}
+    models: dict[str, BertForSequenceClassification] = {}
+    for k, v in dirs.items():
+        model = from_pretrained(v)
+        assert isinstance(model, BertForSequenceClassification), (k, type(model).__name__)
+        models[k] = model
     tokenizer = D.load_tokenizer(config.super_dir)
     buckets = D.LengthBuckets(lengths=LENGTH_BUCKETS)
     train = D.read_glue(config.task, "train")
@@ -119,6 +126,8 @@ def evaluate_cascades(config: CascadeEvalConfig) -> dict[str, Any]:
         for k, m in models.items()
     }
     y_cal, y_dev = calib.labels, dev.labels
+    # GLUE train and dev splits are labelled (only test splits are not).
+    assert y_cal is not None and y_dev is not None
     dev_batches = list(
         D.iterate_batches(dev, config.batch_size, buckets, shuffle=False, sort_by_length=True)
     )
@@ -130,7 +139,7 @@ def evaluate_cascades(config: CascadeEvalConfig) -> dict[str, Any]:
 
     super_flops = dev_flops("super")
     passes = {REFERENCE: over_batches(logits_fn(models["super"]), dev_batches)}
-    rows = [
+    rows: list[dict[str, Any]] = [
         dict(
             method=REFERENCE,
             accuracy=_accuracy(logits["super"]["dev"], y_dev),
@@ -166,7 +175,7 @@ def evaluate_cascades(config: CascadeEvalConfig) -> dict[str, Any]:
         threshold = float(op.setting[0])
         cascade = Cascade(
             [
-                Tier(models[key], TierConfig(name=key, score=kind, threshold=threshold)),
+                Tier(models[key], TierConfig(name=key, score=Score(kind), threshold=threshold)),
                 Tier(models["super"], TierConfig(name="super")),
             ],
             bucket_fractions=tuple(i / 16 for i in range(17)),

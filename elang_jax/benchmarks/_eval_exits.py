@@ -41,6 +41,7 @@ from elang_jax.exits import (
     simulate_exits,
     train_exit_heads,
 )
+from elang_jax.models import BertForSequenceClassification
 from elang_jax.timing import batch_inputs, logits_fn, over_batches, time_interleaved
 
 # (row name, policy, use the fitted temperatures)
@@ -108,6 +109,7 @@ def evaluate_exits(config: ExitsEvalConfig, echo: Callable[[str], Any] = print) 
     from elang_jax.hf import from_pretrained
 
     model = from_pretrained(config.model)
+    assert isinstance(model, BertForSequenceClassification), type(model).__name__
     me = MultiExit(model, MultiExitConfig(pooling=config.pooling), rngs=nnx.Rngs(0))
     exits, num_layers = me.exit_layers, model.config.num_layers
     tokenizer = D.load_tokenizer(config.model)
@@ -125,6 +127,8 @@ def evaluate_exits(config: ExitsEvalConfig, echo: Callable[[str], Any] = print) 
     fit = enc(D.select_examples(train, pick))
     calib = enc(D.select_examples(train, held))
     dev = enc(D.read_glue(config.task, "dev"))
+    # GLUE train and dev splits are labelled (only test splits are not).
+    assert fit.labels is not None and calib.labels is not None and dev.labels is not None
     t0 = time.perf_counter()
     feats_fit, _ = collect_features(me, fit, 64, length_buckets)
     losses = train_exit_heads(me, feats_fit, fit.labels, ExitTrainConfig(epochs=config.epochs))
@@ -161,7 +165,9 @@ def evaluate_exits(config: ExitsEvalConfig, echo: Callable[[str], Any] = print) 
             lg_cal, y_cal, exits, policy, CalibrationTarget(epsilon=config.epsilon), t, num_layers
         )
         setting = float(op.setting)
-        kw = dict(patience=int(setting)) if policy == "patience" else dict(threshold=setting)
+        kw: dict[str, Any] = (
+            dict(patience=int(setting)) if policy == "patience" else dict(threshold=setting)
+        )
         sim = simulate_exits(lg_dev, exits, policy, temperatures=t, **kw)
         me.set_temperatures(t)
         step = me.exit_step(config.batch_size, policy)
@@ -219,6 +225,7 @@ def exit_curve(logits, labels, exits, policy, temps, points: int = 7) -> list[tu
       logits: [e n c] every exit's logits.
       labels: [n] the labels.
     """
+    settings: list[dict[str, Any]]
     if policy == "patience":
         settings = [dict(patience=p) for p in range(len(exits), 0, -1)]
     else:

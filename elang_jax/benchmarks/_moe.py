@@ -16,6 +16,8 @@ Shape vocabulary: n tokens, d width, f FFN width, e experts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +29,7 @@ from elang_jax.benchmarks._models import jit_module
 from elang_jax.benchmarks._result import BenchResult, make_result
 from elang_jax.flops import ffn_flops, moe_ffn_flops, router_flops
 from elang_jax.models import FeedForward
-from elang_jax.moe import MoEConfig, MoEFeedForward, MoEImpl, SplitMethod, split
+from elang_jax.moe import MoEConfig, MoEFeedForward, MoEImpl, RouterKind, SplitMethod, split
 from elang_jax.timing import time_interleaved
 
 BASELINE = "dense_ffn"
@@ -122,8 +124,9 @@ def bench_moe(
                 notes.append(f"{name} failed on {backend}: {type(err).__name__}: {err}"[:300])
                 continue
             candidates[name] = lambda fn=fn: fn(x)
-            sparse = moe_ffn_flops(n, d, d_ff, e, k, router=moe_config.router.value)
-            router = router_flops(n, d, e, moe_config.router.value)
+            router_kind = RouterKind(moe_config.router).value
+            sparse = moe_ffn_flops(n, d, d_ff, e, k, router=router_kind)
+            router = router_flops(n, d, e, router_kind)
             # The DENSE implementation runs every expert and masks: it saves no FFN work.
             flop_speedups[name] = dense_flops / (
                 dense_flops + router if impl is MoEImpl.DENSE else sparse
@@ -133,7 +136,7 @@ def bench_moe(
                 dropped=float(out.dropped_fraction),
             )
     timings = time_interleaved(candidates, config.rounds, untimed_before=1)
-    args = dict(
+    args: dict[str, Any] = dict(
         tokens=n,
         d_model=d,
         d_ff=d_ff,

@@ -99,7 +99,7 @@ class DarConfig:
       margin: its margin m on the max-softmax confidence.
     """
 
-    difficulty_file: str
+    difficulty_file: str | os.PathLike[str]  # a str after __post_init__
     weight: float = 0.5
     margin: float = 0.5
 

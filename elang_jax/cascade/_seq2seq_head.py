@@ -62,8 +62,8 @@ def normalize_tokens(
 
 
 def make_head_targets(
-    swift_tokens: Int[Array, "m n"],
-    super_tokens: Int[Array, "m n"],
+    swift_tokens: Int[ArrayLike, "m n"],
+    super_tokens: Int[ArrayLike, "m _"],  # its own width
     *,
     rule: str = "match_super",
     quality_fn: Callable[[np.ndarray, np.ndarray], Any] | None = None,
@@ -241,8 +241,8 @@ def seq2seq_tier_costs(
 
 
 def calibrate_seq2seq_threshold(
-    scores: Float[Array, " m"],
-    swift_good: Bool[Array, " m"],
+    scores: Float[ArrayLike, " m"],
+    swift_good: Bool[ArrayLike, " m"] | Int[ArrayLike, " m"],
     costs: Sequence[float] | np.ndarray,
     target: CalibrationTarget,
 ) -> OperatingPoint:

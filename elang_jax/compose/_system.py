@@ -39,7 +39,7 @@ from elang_jax.engine import (
 )
 from elang_jax.exits import MultiExit
 from elang_jax.models import step_inputs
-from elang_jax.moe import MoEFeedForward, ffn_sites
+from elang_jax.moe import MoEFeedForward, RouterKind, ffn_sites
 from elang_jax.routing import score
 
 
@@ -95,14 +95,14 @@ class ComposedClassifier:
                     f"tier {tier.name!r}: a classifier reads token 0 (keep_first >= 1)"
                 )
             if tier.moe_top_k is not None:
-                ffns = [site.ffn for site in ffn_sites(model)]  # pyright: ignore[reportAttributeAccessIssue]
+                ffns = [site.ffn for site in ffn_sites(model)]
                 dense = [i for i, f in enumerate(ffns) if not isinstance(f, MoEFeedForward)]
                 if dense:
                     raise ValueError(
                         f"tier {tier.name!r} has moe_top_k={tier.moe_top_k} but layers {dense} "
                         "have dense FFNs: MoEfy the model first (elang_jax.moe.moefy)"
                     )
-                for ffn in ffns:
+                for ffn in [f for f in ffns if isinstance(f, MoEFeedForward)]:  # all, by now
                     if tier.moe_top_k > ffn.config.num_experts:
                         raise ValueError(
                             f"tier {tier.name!r}: moe_top_k={tier.moe_top_k} exceeds the "
@@ -163,7 +163,7 @@ class ComposedClassifier:
         d = mc.hidden_size
         schedule = schedule_of(tier, mc.num_layers)
         counts = schedule.counts(length) if schedule is not None else (length,) * mc.num_layers
-        ffns = [site.ffn for site in ffn_sites(model)]  # pyright: ignore[reportAttributeAccessIssue]
+        ffns = [site.ffn for site in ffn_sites(model)]
         total = 0
         for i in range(layers):
             t = counts[i]
@@ -173,7 +173,7 @@ class ComposedClassifier:
                 c = ffn.config
                 top_k = c.top_k if tier.moe_top_k is None else tier.moe_top_k
                 total += flops.moe_ffn_flops(
-                    t, d, mc.intermediate_size, c.num_experts, top_k, c.router.value
+                    t, d, mc.intermediate_size, c.num_experts, top_k, RouterKind(c.router).value
                 )
             else:
                 total += flops.ffn_flops(t, d, mc.intermediate_size)

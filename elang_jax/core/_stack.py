@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -34,10 +34,12 @@ class StackState:
         (zeros when no selection follows).
     """
 
-    h: Float[Array, "b n d"]
-    mask: Int[Array, "b n"]
-    positions: Int[Array, "b n"]
-    scores: Float[Array, "b n"]
+    # `*b`: `jax.vmap` over the batch (pruning's per-example gathers) rebuilds states of
+    # single examples, [n d] and [n].
+    h: Float[Array, "*b n d"]
+    mask: Int[Array, "*b n"]
+    positions: Int[Array, "*b n"]
+    scores: Float[Array, "*b n"]
 
     @classmethod
     def start(cls, h: Float[Array, "b t d"], mask: Array) -> StackState:
@@ -64,6 +66,7 @@ class StackState:
         return dataclasses.replace(self, **kw)
 
 
+@runtime_checkable  # beartype checks arguments against it under pytest
 class LayerFn(Protocol):
     """Runs layer i on the tokens at hand.
 
@@ -76,6 +79,7 @@ class LayerFn(Protocol):
     ) -> tuple[Array, Array | None, Array | None]: ...
 
 
+@runtime_checkable  # beartype checks arguments against it under pytest
 class TokenSelector(Protocol):
     """Chooses which tokens each layer runs on (ACC pruning implements it)."""
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import flax.struct
 import numpy as np
-from jaxtyping import Bool, Int
+from jaxtyping import Array, Bool, Int
 
 from elang_jax.data._tokenize import Encoded
 
@@ -102,12 +102,13 @@ class Batch:
         predictions back in dataset order (`restore_order`).
     """
 
-    input_ids: Int[np.ndarray, "b t"]
-    attention_mask: Int[np.ndarray, "b t"]
-    token_type_ids: Int[np.ndarray, "b t"]
-    labels: Int[np.ndarray, " b"]
-    valid: Bool[np.ndarray, " b"]
-    index: Int[np.ndarray, " b"]
+    # NumPy on the host; traced arrays when the batch is an argument of a `jit` function.
+    input_ids: Int[np.ndarray | Array, "b t"]
+    attention_mask: Int[np.ndarray | Array, "b t"]
+    token_type_ids: Int[np.ndarray | Array, "b t"]
+    labels: Int[np.ndarray | Array, " b"]
+    valid: Bool[np.ndarray | Array, " b"]
+    index: Int[np.ndarray | Array, " b"]
 
     @property
     def num_valid(self) -> int:

@@ -207,7 +207,10 @@ def read_glue(task: str, split: str, path: str | os.PathLike[str] | None = None)
     spec = get_glue_task(task)
     _check_split(split)
     if path is None:
-        with glue_file(task, split).open("r", encoding="utf-8-sig", newline="") as f:
+        # typeshed's Traversable.open omits `newline`, which implementations pass on to
+        # io.TextIOWrapper (pathlib, zipfile); csv needs newline="".
+        f_open = glue_file(task, split).open
+        with f_open("r", encoding="utf-8-sig", newline="") as f:  # pyright: ignore[reportCallIssue]
             return _parse(spec, split, f, source=f"shipped {task}/{split}.tsv")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GLUE {task} {split} file not found: {os.fspath(path)!r}")

@@ -58,10 +58,16 @@ def read_glue_tfds(
         raise ValueError(f"unknown GLUE split {split=}; valid splits: {', '.join(_TFDS_SPLITS)}")
     if split not in spec.splits:
         raise ValueError(f"GLUE task {task!r} ships no {split!r} split to build TFDS from")
+    from tensorflow_datasets.core.data_sources.base import BaseDataSource
+
     from elang_jax.data.glue_tfds import FEATURE_NAMES, build_glue_tfds
 
     builder = build_glue_tfds(task, default_tfds_dir() if data_dir is None else data_dir)
-    source = builder.as_data_source()[_TFDS_SPLITS[split]]
+    # {split name: data source}; tfds types the result as any tree of sources.
+    sources = builder.as_data_source()
+    assert isinstance(sources, dict), type(sources)
+    source = sources[_TFDS_SPLITS[split]]
+    assert isinstance(source, BaseDataSource), type(source)
     records = source.__getitems__(range(len(source))) if len(source) else []
     columns = [[r[name].decode("utf-8") for r in records] for name in FEATURE_NAMES[task]]
     labels = np.fromiter((r["label"] for r in records), np.int32, len(records))

@@ -27,7 +27,7 @@ from elang_jax.demo._method import (
     summarize,
 )
 from elang_jax.demo._models import load_params, save_params
-from elang_jax.models import BertForSequenceClassification
+from elang_jax.models import BertForSequenceClassification, FeedForward
 from elang_jax.timing import logits_fn
 
 
@@ -58,8 +58,9 @@ def _moefied(
         # The structure alone (contiguous experts) is cheap; the cached parameters fill it.
         model = nnx.clone(super_)
         for site in moe.ffn_sites(model):
-            dense = site.ffn  # pyright: ignore[reportAttributeAccessIssue]
-            site.ffn = moe.MoEFeedForward.from_dense(dense, base)  # pyright: ignore[reportAttributeAccessIssue]
+            dense = site.ffn
+            assert isinstance(dense, FeedForward)  # a clone of the dense Super
+            site.ffn = moe.MoEFeedForward.from_dense(dense, base)
         if load_params(_MoEFFNs(model), cache):
             return model
     progress("collecting FFN inputs")
@@ -91,7 +92,7 @@ class _MoEFFNs(nnx.Module):
     """The MoE FFNs of a MoEfied model (what its cache file holds)."""
 
     def __init__(self, model: nnx.Module):
-        self.ffns = nnx.List([site.ffn for site in moe.ffn_sites(model)])  # pyright: ignore[reportAttributeAccessIssue]
+        self.ffns = nnx.List([site.ffn for site in moe.ffn_sites(model)])
 
 
 def moefied(
@@ -114,7 +115,8 @@ def moefied(
 
     def with_top_k(k: int):
         for site in sites:
-            ffn = site.ffn  # pyright: ignore[reportAttributeAccessIssue]
+            ffn = site.ffn
+            assert isinstance(ffn, moe.MoEFeedForward)  # the model is MoEfied
             ffn.config = ffn.config.replace(top_k=k)
         return logits_fn(model)  # the top-k is static: a new graph, a new program
 

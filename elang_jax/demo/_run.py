@@ -149,7 +149,7 @@ def build_methods(
         config.task,
         config.calibration.holdout,
         config.calibration.holdout_seed,
-        config.calibration.holdout_kind.value,
+        data.HoldoutKind(config.calibration.holdout_kind).value,
     ]
     fit_keys += [config.max_length, config.seed]
     exit_key = fingerprint(

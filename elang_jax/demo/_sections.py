@@ -113,7 +113,7 @@ class CalibrationSection:
     NAME: ClassVar[str] = "calibration"
 
     holdout: int = 1500
-    holdout_kind: HoldoutKind = HoldoutKind.SENTENCES
+    holdout_kind: HoldoutKind | str = HoldoutKind.SENTENCES
     holdout_seed: int = 0
     epsilon: float = 0.005
 
@@ -216,7 +216,7 @@ class PruningSection:
 
     NAME: ClassVar[str] = "pruning"
 
-    acc_variant: AccVariant = AccVariant.ATTENTION
+    acc_variant: AccVariant | str = AccVariant.ATTENTION
     acc_targets: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.5)
 
     def __post_init__(self):

@@ -29,7 +29,10 @@ def step_valid(valid: ArrayLike | None, batch_size: int) -> Bool[Array, " b"]:
 
 
 def step_thresholds(
-    name: str, given: Sequence[float] | ArrayLike | None, default: Sequence[float], n: int
+    name: str,
+    given: Sequence[float] | ArrayLike | None,
+    default: Sequence[float] | ArrayLike,
+    n: int,
 ) -> np.ndarray:
     """[n] float32 thresholds (the defaults when `given` is None); NaN is an error."""
     raw = default if given is None else given
@@ -47,7 +50,9 @@ def step_threshold(name: str, given: float | None, default: float) -> np.float32
     return np.float32(value)
 
 
-def step_count(name: str, given: int | None, default: int, minimum: int = 1) -> np.int32:
+def step_count(
+    name: str, given: float | np.integer | None, default: int, minimum: int = 1
+) -> np.int32:
     """One integer >= minimum (the default when `given` is None); 1.7 is an error, not 1."""
     value = default if given is None else given
     if isinstance(value, bool) or not float(value).is_integer() or value < minimum:

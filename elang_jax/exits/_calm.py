@@ -168,9 +168,9 @@ def _run_checked(jitted, model, input_ids, attention_mask, max_new_tokens, confi
 
 def calm_generate_gpt2(
     model: GPT2LMHeadModel,
-    input_ids: Int[ArrayLike, "b t"],
-    attention_mask: Int[ArrayLike, "b t"] | None = None,
-    max_new_tokens: int = 20,
+    input_ids: ArrayLike,  # [b t]; checked with messages that name it
+    attention_mask: ArrayLike | None = None,  # [b t]
+    max_new_tokens: int | np.integer = 20,
     config: CalmConfig | None = None,
     *,
     threshold: float | None = None,
@@ -242,9 +242,9 @@ def _gpt2_jit(graphdef, state, input_ids, mask, lam, *, max_new_tokens, config):
 
 def calm_generate_t5(
     model: T5ForConditionalGeneration,
-    input_ids: Int[ArrayLike, "b s"],
-    attention_mask: Int[ArrayLike, "b s"] | None = None,
-    max_new_tokens: int = 20,
+    input_ids: ArrayLike,  # [b s]; checked with messages that name it
+    attention_mask: ArrayLike | None = None,  # [b s]
+    max_new_tokens: int | np.integer = 20,
     config: CalmConfig | None = None,
     *,
     threshold: float | None = None,

@@ -202,9 +202,10 @@ class MultiExit(nnx.Module):
     # ------------------------------------------------------------------ full pass
     def __call__(
         self,
-        input_ids: Int[ArrayLike, "b t"],
-        attention_mask: Int[ArrayLike, "b t"] | None = None,
-        token_type_ids: Int[ArrayLike, "b t"] | None = None,
+        # [b t] each; any array: `check_inputs` reports wrong shapes and dtypes by name.
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        token_type_ids: ArrayLike | None = None,
         *,
         rngs: nnx.Rngs | None = None,
     ) -> MultiExitOutput:

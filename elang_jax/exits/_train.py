@@ -37,7 +37,8 @@ def joint_loss(
         logits.astype(jnp.float32), jnp.broadcast_to(labels, logits.shape[:2])
     )
     v = jnp.ones(labels.shape, jnp.float32) if valid is None else valid.astype(jnp.float32)
-    per_exit = (ce * v).sum(-1) / jnp.maximum(v.sum(), 1.0)
+    # [x b] * [1 b]
+    per_exit = (ce * v[None, :]).sum(-1) / jnp.maximum(v.sum(), 1.0)
     return (w * per_exit).sum()
 
 
@@ -69,7 +70,8 @@ def dataset_exit_logits(
     """[x n c] float32 logits of every exit over a whole dataset, in its order: the input of
     `fit_exit_temperatures`, `calibrate_exits` and `simulate_exits`."""
     feats, last_cls = collect_features(model, encoded, batch_size, buckets)
-    return np.asarray(model.logits_from_features(feats, last_cls), np.float32)
+    logits = model.logits_from_features(jnp.asarray(feats), jnp.asarray(last_cls))
+    return np.asarray(logits, np.float32)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -89,7 +91,7 @@ class ExitTrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
-    weighting: LossWeighting = LossWeighting.UNIFORM
+    weighting: LossWeighting | str = LossWeighting.UNIFORM
     seed: int = 0
 
     def __post_init__(self):

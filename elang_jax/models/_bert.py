@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Int
 
@@ -59,7 +60,7 @@ class BertConfig:
     attention_dropout: float = 0.1
     classifier_dropout: float | None = None
     pad_token_id: int = 0
-    position_style: PositionStyle = PositionStyle.ABSOLUTE
+    position_style: PositionStyle | str = PositionStyle.ABSOLUTE
     model_type: str = "bert"  # "bert" or "roberta": decides the classification head layout
     num_labels: int = 2
     add_pooler: bool = True
@@ -223,17 +224,21 @@ class BertModel(nnx.Module):
 
     def check_inputs(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | None = None,
-        token_type_ids: Int[Array, "b t"] | None = None,
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        token_type_ids: ArrayLike | None = None,
     ) -> None:
-        """Shape, dtype and (for concrete arrays) value checks with messages that name them."""
+        """Shape, dtype and (for concrete arrays) value checks with messages that name them.
+
+        Takes any array: wrong shapes and dtypes are what it reports ([b t] integer ids, a
+        [b t] mask of 0 and 1)."""
         check_token_ids(input_ids, self.config.vocab_size)
-        check_length(input_ids.shape[1], self.config.max_length)
+        shape = np.shape(input_ids)
+        check_length(shape[1], self.config.max_length)
         if attention_mask is not None:
-            check_mask(attention_mask, input_ids.shape)
+            check_mask(attention_mask, shape)
         if token_type_ids is not None:
-            check_mask(token_type_ids, input_ids.shape, "token_type_ids", binary=False)
+            check_mask(token_type_ids, shape, "token_type_ids", binary=False)
             check_token_ids(token_type_ids, self.config.type_vocab_size, "token_type_ids")
 
     def embed(
@@ -296,16 +301,22 @@ class BertModel(nnx.Module):
 
     def __call__(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | None = None,
-        token_type_ids: Int[Array, "b t"] | None = None,
-        position_ids: Int[Array, "b t"] | None = None,
+        # [b t] each; any array: `check_inputs` reports wrong shapes and dtypes by name.
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        token_type_ids: ArrayLike | None = None,
+        position_ids: ArrayLike | None = None,
         *,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> EncoderOutput:
         self.check_inputs(input_ids, attention_mask, token_type_ids)
+        # Host (numpy) inputs become device arrays here, once, for the layers below.
+        input_ids = jnp.asarray(input_ids)
+        attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
+        token_type_ids = None if token_type_ids is None else jnp.asarray(token_type_ids)
+        position_ids = None if position_ids is None else jnp.asarray(position_ids)
         h = self.embed(input_ids, token_type_ids, position_ids, rngs=rngs)
         out = self.run_layers(
             h,
@@ -315,7 +326,7 @@ class BertModel(nnx.Module):
             rngs=rngs,
         )
         if self.pooler is not None:
-            out = out.replace(pooled=self.pool(out.last_hidden_state))
+            out = dataclasses.replace(out, pooled=self.pool(out.last_hidden_state))
         return out
 
 
@@ -366,10 +377,11 @@ class BertForSequenceClassification(nnx.Module):
 
     def __call__(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | None = None,
-        token_type_ids: Int[Array, "b t"] | None = None,
-        position_ids: Int[Array, "b t"] | None = None,
+        # [b t] each; any array: `check_inputs` reports wrong shapes and dtypes by name.
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        token_type_ids: ArrayLike | None = None,
+        position_ids: ArrayLike | None = None,
         *,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -402,10 +414,11 @@ class BertForMaskedLM(nnx.Module):
 
     def __call__(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | None = None,
-        token_type_ids: Int[Array, "b t"] | None = None,
-        position_ids: Int[Array, "b t"] | None = None,
+        # [b t] each; any array: `check_inputs` reports wrong shapes and dtypes by name.
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        token_type_ids: ArrayLike | None = None,
+        position_ids: ArrayLike | None = None,
         *,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -422,8 +435,8 @@ class BertForMaskedLM(nnx.Module):
         )
         x = activation_fn(self.config.hidden_act)(self.transform(enc.last_hidden_state))
         x = self.transform_norm(x)
-        # [b t d] x [v d] -> [b t v]
-        logits = self.encoder.embeddings.word.attend(x) + self.bias[...]
+        # [b t d] x [v d] -> [b t v], plus the bias [v] -> [1 1 v]
+        logits = self.encoder.embeddings.word.attend(x) + self.bias[...][None, None, :]
         return LMOutput(
             logits=logits.astype(jnp.float32),
             hidden_states=enc.hidden_states,

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.core import Tracer  # public in jax 0.10; `jax.core` is not an attribute pyright sees
 from jaxtyping import Array, Bool, Float, Int
 
 # ---------------------------------------------------------------------------
@@ -25,7 +26,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 
 def is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+    """False for a tracer (under `jit`/`vmap`/`grad`), whose values are not known yet."""
+    return not isinstance(x, Tracer)
 
 
 def check_token_ids(input_ids: Any, vocab_size: int, name: str = "input_ids") -> None:
@@ -67,6 +69,8 @@ def check_mask(
 
 
 def check_length(length: int, limit: int, what: str = "sequence") -> None:
+    if length < 1:
+        raise ValueError(f"{what} length must be >= 1, got {length}: there are no tokens to run")
     if length > limit:
         raise ValueError(f"{what} length {length} exceeds the model's maximum of {limit} positions")
 
@@ -113,7 +117,7 @@ def dot_product_attention(
     q: Float[Array, "b t h k"],
     k: Float[Array, "b s h k"],
     v: Float[Array, "b s h k"],
-    bias: Float[Array, "b h t s"] | None,
+    bias: Float[Array, "#b #h #t s"] | None,
     scale: float,
     return_probs: bool = False,
 ) -> tuple[Float[Array, "b t h k"], Float[Array, "b h t s"] | None]:
@@ -139,7 +143,9 @@ class KVCache:
 jax.tree_util.register_dataclass(KVCache, data_fields=["key", "value"], meta_fields=[])
 
 
-def update_cache(cache: KVCache, k: jax.Array, v: jax.Array, index: jax.Array) -> KVCache:
+def update_cache(
+    cache: KVCache, k: jax.Array, v: jax.Array, index: Int[Array, ""] | int
+) -> KVCache:
     """Writes [b t h k] keys and values at position `index` of the cache."""
     key = jax.lax.dynamic_update_slice_in_dim(cache.key, k.astype(cache.key.dtype), index, axis=1)
     value = jax.lax.dynamic_update_slice_in_dim(
@@ -168,11 +174,16 @@ class MultiHeadAttention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         inner = num_heads * head_dim
-        kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.query = nnx.Linear(d_model, inner, **kw)
-        self.key = nnx.Linear(d_model, inner, **kw)
-        self.value = nnx.Linear(d_model, inner, **kw)
-        self.output = nnx.Linear(inner, d_model, **kw)
+
+        def linear(d_in: int, d_out: int) -> nnx.Linear:
+            return nnx.Linear(
+                d_in, d_out, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            )
+
+        self.query = linear(d_model, inner)
+        self.key = linear(d_model, inner)
+        self.value = linear(d_model, inner)
+        self.output = linear(inner, d_model)
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.scale = scale
@@ -193,7 +204,7 @@ class MultiHeadAttention(nnx.Module):
     def __call__(
         self,
         x: Float[Array, "b t d"],
-        bias: Float[Array, "b h t s"] | None,
+        bias: Float[Array, "#b #h #t s"] | None,
         *,
         kv: tuple[jax.Array, jax.Array] | None = None,
         return_probs: bool = False,
@@ -231,10 +242,15 @@ class FeedForward(nnx.Module):
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.w_in = nnx.Linear(d_model, d_ff, **kw)
-        self.w_gate = nnx.Linear(d_model, d_ff, **kw) if gated else None
-        self.w_out = nnx.Linear(d_ff, d_model, **kw)
+
+        def linear(d_in: int, d_out: int) -> nnx.Linear:
+            return nnx.Linear(
+                d_in, d_out, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+            )
+
+        self.w_in = linear(d_model, d_ff)
+        self.w_gate = linear(d_model, d_ff) if gated else None
+        self.w_out = linear(d_ff, d_model)
         self.activation = str(activation)
 
     def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:

@@ -67,7 +67,7 @@ def _unless_done(done: Bool[Array, " b"], x: Array) -> Array:
 
 
 def greedy_loop(
-    step_fn: StepFn,
+    step_fn: StepFn[State],
     state: State,
     *,
     max_new_tokens: int,
@@ -119,8 +119,10 @@ def greedy_loop(
     if first_token is not None:
         prev = jnp.where(done, pad, prev)
         tokens = tokens.at[:, 0].set(prev)
+        # `done` is an array by now; a fresh name keeps that type inside the lambda.
+        done_before = done
         buffers = jax.tree.map(
-            lambda buf, x: buf.at[:, 0].set(_unless_done(done, x)), buffers, extras
+            lambda buf, x: buf.at[:, 0].set(_unless_done(done_before, x)), buffers, extras
         )
         done = done | (prev == eos)
         column = 1

@@ -71,10 +71,11 @@ class DecoderOutput(EncoderOutput):
 
 def check_prompt(
     config: GPT2Config,
-    input_ids: Int[Array, "b t"],
-    attention_mask: Int[Array, "b t"] | None,
-    max_new_tokens: int,
-) -> Int[Array, "b t"]:
+    # [b t] each; any array: wrong shapes and dtypes are what this reports, by name.
+    input_ids: ArrayLike,
+    attention_mask: ArrayLike | None,
+    max_new_tokens: int | np.integer,
+) -> Int[ArrayLike, "b t"]:
     """The checks every GPT-2 generation path runs on its prompt; returns the mask (all ones
     when None). Prompts must be left-padded: a row whose last column is padding (right
     padding, or an all-zero row) would generate from a pad token."""
@@ -187,9 +188,9 @@ class GPT2Model(nnx.Module):
 
     def check_inputs(
         self,
-        input_ids: Int[ArrayLike, "b t"],
-        attention_mask: Int[ArrayLike, "b t"] | Int[ArrayLike, "b c"] | None = None,
-        position_ids: Int[ArrayLike, "b t"] | None = None,
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        position_ids: ArrayLike | None = None,
         *,
         cache: Cache | None = None,
         cache_index: Int[Array, ""] | int | None = None,
@@ -356,9 +357,11 @@ class GPT2Model(nnx.Module):
 
     def __call__(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | Int[Array, "b c"] | None = None,
-        position_ids: Int[Array, "b t"] | None = None,
+        # [b t] (attention_mask [b c] with a cache); any array: `check_inputs` reports
+        # wrong shapes and dtypes by name.
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        position_ids: ArrayLike | None = None,
         *,
         cache: Cache | None = None,
         cache_index: Int[Array, ""] | int | None = None,
@@ -375,6 +378,10 @@ class GPT2Model(nnx.Module):
         self.check_inputs(
             input_ids, attention_mask, position_ids, cache=cache, cache_index=cache_index
         )
+        # Host (numpy) inputs become device arrays here, once, for the layers below.
+        input_ids = jnp.asarray(input_ids)
+        attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
+        position_ids = None if position_ids is None else jnp.asarray(position_ids)
         if position_ids is None:
             offset = 0 if cache is None else cache_index
             assert offset is not None  # check_inputs: a cache comes with cache_index
@@ -418,9 +425,11 @@ class GPT2LMHeadModel(nnx.Module):
 
     def __call__(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | Int[Array, "b c"] | None = None,
-        position_ids: Int[Array, "b t"] | None = None,
+        # [b t] (attention_mask [b c] with a cache); any array: `check_inputs` reports
+        # wrong shapes and dtypes by name.
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
+        position_ids: ArrayLike | None = None,
         *,
         cache: Cache | None = None,
         cache_index: Int[Array, ""] | int | None = None,
@@ -454,9 +463,9 @@ class GPT2LMHeadModel(nnx.Module):
 
     def generate(
         self,
-        input_ids: Int[ArrayLike, "b t"],
-        attention_mask: Int[ArrayLike, "b t"] | None = None,
-        max_new_tokens: int = 20,
+        input_ids: ArrayLike,  # [b t]; checked with messages that name it
+        attention_mask: ArrayLike | None = None,  # [b t]
+        max_new_tokens: int | np.integer = 20,
         *,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,

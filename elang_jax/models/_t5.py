@@ -32,10 +32,13 @@ decoder's cross-attention and n for the number of generated tokens.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.struct
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax.models._common import (
     KVCache,
@@ -94,18 +97,21 @@ class T5DecoderCache:
 def _check_inputs(config: T5Config, input_ids, attention_mask, name: str = "input_ids") -> None:
     check_token_ids(input_ids, config.vocab_size, name)
     if attention_mask is not None:
-        check_mask(attention_mask, input_ids.shape)
+        check_mask(attention_mask, np.shape(input_ids))
 
 
 def _encode(
     model: T5ForConditionalGeneration | T5EncoderModel,
-    input_ids: Int[Array, "b t"],
-    attention_mask: Int[Array, "b t"] | None,
+    input_ids: ArrayLike,
+    attention_mask: ArrayLike | None,
     output_hidden_states: bool,
     output_attentions: bool,
     rngs: nnx.Rngs | None,
 ) -> EncoderOutput:
     _check_inputs(model.config, input_ids, attention_mask)
+    # Host (numpy) inputs become device arrays here, once, for the layers below.
+    input_ids = jnp.asarray(input_ids)
+    attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
     h = model.embed(input_ids, rngs=rngs)
     out = model.encoder.run_layers(
         h,
@@ -119,7 +125,7 @@ def _encode(
     if hiddens is not None:
         # Hugging Face reports the final-normed output as the last hidden state.
         hiddens = (*hiddens[:-1], last)
-    return out.replace(last_hidden_state=last, hidden_states=hiddens)
+    return dataclasses.replace(out, last_hidden_state=last, hidden_states=hiddens)
 
 
 class T5ForConditionalGeneration(nnx.Module):
@@ -153,9 +159,7 @@ class T5ForConditionalGeneration(nnx.Module):
             )
         )
 
-    def check_inputs(
-        self, input_ids: Int[Array, "b t"], attention_mask: Int[Array, "b t"] | None = None
-    ) -> None:
+    def check_inputs(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None) -> None:
         """Shape, dtype and (for concrete arrays) value checks with messages that name them."""
         _check_inputs(self.config, input_ids, attention_mask)
 
@@ -167,8 +171,9 @@ class T5ForConditionalGeneration(nnx.Module):
 
     def encode(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | None = None,
+        # [b t] each; any array: `check_inputs` reports wrong shapes and dtypes by name.
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
         *,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -198,6 +203,7 @@ class T5ForConditionalGeneration(nnx.Module):
         dtype = c.dtype or jnp.float32
         layer = lambda: KVCache(key=jnp.zeros(shape, dtype), value=jnp.zeros(shape, dtype))
         cross = None if encoder_hidden is None else self.decoder.cross_kv(encoder_hidden)
+        assert c.num_decoder_layers is not None  # T5Config.__post_init__ resolves it
         return T5DecoderCache(
             self_attention=tuple(layer() for _ in range(c.num_decoder_layers)),
             cross_attention=cross,
@@ -214,9 +220,10 @@ class T5ForConditionalGeneration(nnx.Module):
 
     def decode(
         self,
-        decoder_input_ids: Int[Array, "b t"],
-        encoder_hidden: Float[Array, "b s d"] | None,
-        encoder_mask: Int[Array, "b s"] | None = None,
+        # [b t], [b s d], [b s]; any arrays: wrong shapes and dtypes are reported by name.
+        decoder_input_ids: ArrayLike,
+        encoder_hidden: Array | None,
+        encoder_mask: ArrayLike | None = None,
         cache: T5DecoderCache | None = None,
         cache_index: Int[Array, ""] | int | None = None,
         *,
@@ -233,6 +240,7 @@ class T5ForConditionalGeneration(nnx.Module):
         cross-attention keys/values.
         """
         check_token_ids(decoder_input_ids, self.config.vocab_size, "decoder_input_ids")
+        decoder_input_ids = jnp.asarray(decoder_input_ids)  # host (numpy) ids, once
         cross = None if cache is None else cache.cross_attention
         if cross is None:
             if encoder_hidden is None:
@@ -245,6 +253,7 @@ class T5ForConditionalGeneration(nnx.Module):
             cross = self.decoder.cross_kv(encoder_hidden)
         if encoder_mask is not None:
             check_mask(encoder_mask, cross[0].key.shape[:2], "encoder_mask")
+            encoder_mask = jnp.asarray(encoder_mask)
         if cache is not None:
             if cache_index is None:
                 raise ValueError("decode with a cache needs cache_index")
@@ -267,6 +276,7 @@ class T5ForConditionalGeneration(nnx.Module):
         )
         new_cache = None
         if cache is not None:
+            assert self_cache is not None  # the decoder returns the cache it was given
             new_cache = T5DecoderCache(self_attention=self_cache, cross_attention=cross)
         return LMOutput(
             logits=self.lm_logits(h), hidden_states=hiddens, attentions=attns, cache=new_cache
@@ -274,8 +284,9 @@ class T5ForConditionalGeneration(nnx.Module):
 
     def __call__(
         self,
-        input_ids: Int[Array, "b s"],
-        attention_mask: Int[Array, "b s"] | None = None,
+        # [b s] each; any array: `check_inputs` reports wrong shapes and dtypes by name.
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
         decoder_input_ids: Int[Array, "b t"] | None = None,
         *,
         output_hidden_states: bool = False,
@@ -296,6 +307,8 @@ class T5ForConditionalGeneration(nnx.Module):
             output_attentions=output_attentions,
             rngs=rngs,
         )
+        # Checked by `encode`; a device array for the decoder's cross-attention.
+        attention_mask = None if attention_mask is None else jnp.asarray(attention_mask)
         out = self.decode(
             decoder_input_ids,
             enc.last_hidden_state,
@@ -304,7 +317,7 @@ class T5ForConditionalGeneration(nnx.Module):
             output_attentions=output_attentions,
             rngs=rngs,
         )
-        return out.replace(encoder=enc)
+        return dataclasses.replace(out, encoder=enc)
 
     def shift_right(self, labels: Int[Array, "b t"]) -> Int[Array, "b t"]:
         """Decoder inputs for teacher forcing: the start token, then labels[:, :-1]
@@ -318,9 +331,9 @@ class T5ForConditionalGeneration(nnx.Module):
 
     def generate(
         self,
-        input_ids: Int[Array, "b s"],
-        attention_mask: Int[Array, "b s"] | None = None,
-        max_new_tokens: int = 20,
+        input_ids: ArrayLike,  # [b s]; checked with messages that name it
+        attention_mask: ArrayLike | None = None,  # [b s]
+        max_new_tokens: int | np.integer = 20,
     ) -> Int[Array, "b n"]:
         """Greedy decoding under `jax.jit`: int32 [b, max_new_tokens]; after a row's EOS, pad.
 
@@ -328,7 +341,7 @@ class T5ForConditionalGeneration(nnx.Module):
         """
         self.check_inputs(input_ids, attention_mask)
         if attention_mask is None:
-            attention_mask = jnp.ones(input_ids.shape, jnp.int32)
+            attention_mask = jnp.ones(np.shape(input_ids), jnp.int32)
         graphdef, state = nnx.split(self)
         return _t5_greedy_jit(
             graphdef, state, input_ids, attention_mask, max_new_tokens=int(max_new_tokens)
@@ -350,9 +363,7 @@ class T5EncoderModel(nnx.Module):
         )
         self.encoder = T5EncoderStack(config, rngs=rngs)
 
-    def check_inputs(
-        self, input_ids: Int[Array, "b t"], attention_mask: Int[Array, "b t"] | None = None
-    ) -> None:
+    def check_inputs(self, input_ids: ArrayLike, attention_mask: ArrayLike | None = None) -> None:
         _check_inputs(self.config, input_ids, attention_mask)
 
     def embed(
@@ -369,8 +380,9 @@ class T5EncoderModel(nnx.Module):
 
     def __call__(
         self,
-        input_ids: Int[Array, "b t"],
-        attention_mask: Int[Array, "b t"] | None = None,
+        # [b t] each; any array: `check_inputs` reports wrong shapes and dtypes by name.
+        input_ids: ArrayLike,
+        attention_mask: ArrayLike | None = None,
         *,
         output_hidden_states: bool = False,
         output_attentions: bool = False,

@@ -53,7 +53,9 @@ class T5LayerNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
         y = x32 * jax.lax.rsqrt(variance + self.epsilon)
-        return (self.scale[...] * y).astype(self.dtype or x.dtype)
+        # [d] -> [1 ... 1 d], y's rank
+        scale = jnp.expand_dims(self.scale[...], tuple(range(y.ndim - 1)))
+        return (scale * y).astype(self.dtype or x.dtype)
 
 
 @functools.cache
@@ -87,12 +89,12 @@ def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> n
 
 
 def relative_position_bucket(
-    relative_position: Int[Array, "b t s"],
+    relative_position: Int[Array, "*dims"],
     *,
     bidirectional: bool,
     num_buckets: int,
     max_distance: int,
-) -> Int[Array, "b t s"]:
+) -> Int[Array, "*dims"]:
     """T5's bucket of `key_position - query_position`, exactly as Hugging Face computes it.
 
     Half the buckets are exact small distances, the rest log-spaced up to `max_distance`;
@@ -144,8 +146,8 @@ class RelativePositionBias(nnx.Module):
 
 
 def _masked_bias(
-    position_bias: Float[Array, "b h t s"], keep: Bool[Array, "b 1 t s"] | None
-) -> Float[Array, "b h t s"]:
+    position_bias: Float[Array, "#b h t s"], keep: Bool[Array, "#b 1 #t s"] | None
+) -> Float[Array, "#b h t s"]:
     """Masked logits get the float32 minimum instead of bias + minimum: adding two minima
     (padding and causal) would overflow to -inf and turn a fully masked row into NaNs."""
     if keep is None:
@@ -202,20 +204,22 @@ class T5Layer(nnx.Module):
     def __call__(
         self,
         h: Float[Array, "b t d"],
-        bias: Float[Array, "b h t s"],
+        # Self-attention keys: t, or the cache length c; `s` is the source (cross_bias).
+        bias: Float[Array, "#b h t _"],
         *,
         cache: KVCache | None = None,
-        cache_index: Int[Array, ""] | None = None,
+        cache_index: Int[Array, ""] | int | None = None,
         cross_kv: KVCache | None = None,
         cross_bias: Float[Array, "b 1 1 s"] | None = None,
         return_probs: bool = False,
         rngs: nnx.Rngs | None = None,
-    ) -> tuple[Float[Array, "b t d"], Float[Array, "b h t s"] | None, KVCache | None]:
+    ) -> tuple[Float[Array, "b t d"], Float[Array, "b h t _"] | None, KVCache | None]:
         """One layer. With `cache`, the new keys/values are written at `cache_index` and the
         queries attend over the whole cache (`bias` masks what is not yet written)."""
         x = self.attention_norm(h)
         kv = None
         if cache is not None:
+            assert cache_index is not None, "a cache needs cache_index"
             k, v = self.attention.project_kv(x)
             cache = update_cache(cache, k, v, cache_index)
             kv = (cache.key, cache.value)
@@ -225,6 +229,7 @@ class T5Layer(nnx.Module):
         if self.cross_attention is not None:
             if cross_kv is None:
                 raise ValueError("a decoder layer needs the encoder's keys and values (cross_kv)")
+            assert self.cross_attention_norm is not None  # built with cross_attention
             x = self.cross_attention_norm(h)
             attn, _ = self.cross_attention(x, cross_bias, kv=(cross_kv.key, cross_kv.value))
             h = h + dropout(attn, self.dropout_rate, rngs)
@@ -324,6 +329,7 @@ class T5DecoderStack(nnx.Module):
             bidirectional=False,
             rngs=rngs,
         )
+        assert config.num_decoder_layers is not None  # T5Config.__post_init__ resolves it
         self.layers = nnx.List(
             [
                 T5Layer(config, cross_attention=True, rngs=rngs)
@@ -336,6 +342,7 @@ class T5DecoderStack(nnx.Module):
         """Each layer's cross-attention keys and values, computed once per source sequence."""
         out = []
         for layer in self.layers:
+            assert layer.cross_attention is not None  # decoder layers all have one
             k, v = layer.cross_attention.project_kv(encoder_hidden)
             out.append(KVCache(key=k, value=v))
         return tuple(out)
@@ -347,7 +354,7 @@ class T5DecoderStack(nnx.Module):
         cross_kv: tuple[KVCache, ...],
         encoder_mask: Int[Array, "b s"] | None,
         cache: tuple[KVCache, ...] | None = None,
-        cache_index: Int[Array, ""] | None = None,
+        cache_index: Int[Array, ""] | int | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,

@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -26,9 +26,19 @@ from elang_jax.moe._split import SplitMethod, split
 log = logging.getLogger(__name__)
 
 
-def ffn_sites(model: nnx.Module) -> list[nnx.Module]:
+@runtime_checkable
+class FfnSite(Protocol):
+    """A module that owns an `ffn` (a backbone layer): what MoEfication replaces."""
+
+    ffn: nnx.Module
+
+
+def ffn_sites(model: nnx.Module) -> list[FfnSite]:
     """The modules that own an `ffn` attribute (the backbone layers), in graph order."""
-    sites = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Module) and hasattr(m, "ffn")]
+    # isinstance(m, FfnSite) is hasattr(m, "ffn").
+    sites: list[FfnSite] = [
+        m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Module) and isinstance(m, FfnSite)
+    ]
     if not sites:
         raise ValueError(f"{type(model).__name__} has no layer with an `ffn` to MoEfy")
     return sites
@@ -50,7 +60,12 @@ def _record(graphdef, state, batch):
     model = nnx.merge(graphdef, state)
     model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     # sow stores a tuple of the values sown; each recorder is called once per forward
-    return [site.ffn.ffn_input.get_value()[0] for site in ffn_sites(model)]
+    return [_sown_input(site.ffn) for site in ffn_sites(model)]
+
+
+def _sown_input(recorder: nnx.Module) -> jax.Array:
+    # `sow` creates the attribute during the forward pass, out of the type checker's sight.
+    return recorder.ffn_input.get_value()[0]  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def collect_ffn_inputs(
@@ -145,6 +160,7 @@ def train_mlp_router(
     """
     if moe.config.router is not RouterKind.MLP:
         raise ValueError(f"train_mlp_router needs an MLP router, got {moe.config.router}")
+    assert moe.router_w1 is not None and moe.router_w2 is not None  # an MLP router has both
     x = jnp.asarray(inputs, jnp.float32)
     if x.ndim != 2 or x.shape[1] != moe.d_model:
         raise ValueError(f"inputs must have shape [N, {moe.d_model}], got {x.shape}")
@@ -235,8 +251,8 @@ def moefy(
     needs_inputs = method is SplitMethod.COACTIVATION or config.router is RouterKind.MLP
     if needs_inputs and ffn_inputs is None:
         raise ValueError(
-            f"{method=} with router={config.router.value} needs ffn_inputs: hidden states from "
-            "real data (see collect_ffn_inputs)"
+            f"{method=} with router={RouterKind(config.router).value} needs ffn_inputs: "
+            "hidden states from real data (see collect_ffn_inputs)"
         )
     if ffn_inputs is not None and len(ffn_inputs) != len(sites):
         raise ValueError(f"ffn_inputs has {len(ffn_inputs)} layers, the model {len(sites)}")
@@ -248,14 +264,16 @@ def moefy(
         w_in = np.asarray(ffn.w_in.kernel[...])
         active = None
         if method is SplitMethod.COACTIVATION:
+            assert ffn_inputs is not None  # checked above (needs_inputs)
             h = jnp.asarray(ffn_inputs[i]) @ ffn.w_in.kernel[...]
             if ffn.w_in.bias is not None:
-                h = h + ffn.w_in.bias[...]
+                h = h + ffn.w_in.bias[...][None, :]  # [N f] + [1 f]
             active = np.asarray(h > 0)
         partition = split(method, config.num_experts, w_in, active, seed=seed + i)
         moe = MoEFeedForward.from_dense(ffn, config, partition, rngs=nnx.Rngs(seed + i))
         report: dict[str, Any] = {"layer": i}
         if config.router is RouterKind.MLP:
+            assert ffn_inputs is not None  # checked above (needs_inputs)
             report.update(train_mlp_router(moe, ffn_inputs[i], router_training))
         site.ffn = moe
         reports.append(report)

@@ -54,11 +54,11 @@ class SweepConfig:
 
     experts: tuple[int, ...] = (8, 16)
     active: tuple[float, ...] = (0.25, 0.125)
-    methods: tuple[SplitMethod, ...] = tuple(SplitMethod)
-    router: RouterKind = RouterKind.MLP
+    methods: tuple[SplitMethod | str, ...] = tuple(SplitMethod)
+    router: RouterKind | str = RouterKind.MLP
     router_epochs: int = 20
     router_batch_size: int = 512
-    impl: MoEImpl = MoEImpl.CAPACITY
+    impl: MoEImpl | str = MoEImpl.CAPACITY
     max_tokens: int = 40000
     calibrate_steps: int = 0
     calibrate_batch_size: int = 32

@@ -46,7 +46,9 @@ def acc_logits(
     ids, mask, types = batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
     if schedule is None:
         return model(ids, mask, types).logits.astype(jnp.float32)
-    return acc_classify(model, ids, mask, types, schedule).logits.astype(jnp.float32)
+    logits = acc_classify(model, ids, mask, types, schedule).logits
+    assert logits is not None  # acc_classify always sets them
+    return logits.astype(jnp.float32)
 
 
 def classifier_head_flops(config) -> int:

@@ -14,8 +14,9 @@ c classes.
 from __future__ import annotations
 
 import flax.struct
+import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax.core import LayerFn, StackState, run_stack
 from elang_jax.models import BertForSequenceClassification, T5ForConditionalGeneration
@@ -63,9 +64,10 @@ def _prune_stack(
 
 def acc_classify(
     model: BertForSequenceClassification,
-    input_ids: Int[Array, "b t"],
-    attention_mask: Int[Array, "b t"],
-    token_type_ids: Int[Array, "b t"] | None,
+    # [b t] each; any array: `check_inputs` reports wrong shapes and dtypes by name.
+    input_ids: ArrayLike,
+    attention_mask: ArrayLike,
+    token_type_ids: ArrayLike | None,
     schedule: KeepSchedule,
     *,
     rngs: nnx.Rngs | None = None,
@@ -80,6 +82,9 @@ def acc_classify(
     if schedule.config.keep_first < 1:
         raise ValueError("a classifier reads token 0: use an AccConfig with keep_first >= 1")
     encoder.check_inputs(input_ids, attention_mask, token_type_ids)
+    # Host (numpy) inputs become device arrays here, once, for the layers below.
+    input_ids, attention_mask = jnp.asarray(input_ids), jnp.asarray(attention_mask)
+    token_type_ids = None if token_type_ids is None else jnp.asarray(token_type_ids)
     h = encoder.embed(input_ids, token_type_ids, rngs=rngs)
 
     state, counts = _prune_stack(encoder.layer_fn(rngs=rngs), h, attention_mask, schedule)
@@ -127,7 +132,11 @@ def acc_t5_encode(
         if want_values:
             layer = encoder.layers[i]
             values = layer.attention.values(layer.attention_norm(state.h))
-        return out.last_hidden_state, (out.attentions[0] if want_probs else None), values
+        probs = None
+        if want_probs:
+            assert out.attentions is not None  # requested with output_attentions
+            probs = out.attentions[0]
+        return out.last_hidden_state, probs, values
 
     state, counts = _prune_stack(layer_fn, h, attention_mask, schedule)
     return PrunedOutput(

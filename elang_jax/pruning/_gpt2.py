@@ -17,6 +17,8 @@ length, m new tokens, n kept tokens, h heads, k head width, v vocabulary.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.struct
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
@@ -41,8 +43,9 @@ class PrunedCache:
     """
 
     layers: tuple[KVCache, ...]
-    positions: tuple[Int[Array, "b c"], ...]
-    mask: tuple[Int[Array, "b c"], ...]
+    # One entry per layer; each layer's cache keeps its own number of columns.
+    positions: tuple[Int[Array, "b _"], ...]
+    mask: tuple[Int[Array, "b _"], ...]
     counts: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
 
 
@@ -160,7 +163,7 @@ def acc_decode_step(
         )
         layers.append(layer_cache)
     logits = model.logits(h)[:, 0]
-    return logits, cache.replace(layers=tuple(layers))
+    return logits, dataclasses.replace(cache, layers=tuple(layers))
 
 
 def acc_generate(

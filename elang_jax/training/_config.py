@@ -126,7 +126,7 @@ class FinetuneConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     learning_rate: float = 5e-5
-    schedule: Schedule = Schedule.LINEAR
+    schedule: Schedule | str = Schedule.LINEAR
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     clip_norm: float | None = 1.0
@@ -146,9 +146,9 @@ class FinetuneConfig:
     eval_limit: int | None = None
     holdout: int = 0
     holdout_seed: int = 0
-    holdout_kind: HoldoutKind = HoldoutKind.RANDOM
+    holdout_kind: HoldoutKind | str = HoldoutKind.RANDOM
     num_layers: int | None = None
-    data_source: DataSource = DataSource.TSV
+    data_source: DataSource | str = DataSource.TSV
     data_dir: str | None = None
 
     def __post_init__(self):

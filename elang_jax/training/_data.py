@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from elang_jax import data
@@ -53,7 +54,7 @@ def encode_split(
     return encoded
 
 
-def device_batch(batch: data.Batch) -> dict[str, np.ndarray]:
+def device_batch(batch: data.Batch) -> dict[str, np.ndarray | jax.Array]:
     """The arrays of a batch that the compiled steps read."""
     # `index` stays on the host: the step never needs it.
     return dict(

@@ -57,7 +57,9 @@ def checkpoint_predictions(
     config = load_run_config(workdir) if config is None else config
     model = build_model(config)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    tokenizer = data.load_tokenizer(config.tokenizer_dir or config.model_dir)
+    tokenizer_dir = config.tokenizer_dir or config.model_dir
+    assert tokenizer_dir is not None  # checked by FinetuneConfig
+    tokenizer = data.load_tokenizer(tokenizer_dir)
     train = encode_split(tokenizer, config, "train", config.train_limit, model.config.vocab_size)
     buckets = data.LengthBuckets(config.buckets)
     manager = ocp.CheckpointManager((Path(workdir) / CHECKPOINT_DIR).absolute())
@@ -71,7 +73,7 @@ def checkpoint_predictions(
             step,
             args=ocp.args.Composite(params=ocp.args.StandardRestore(_abstract(params))),
         )
-        g, state = nnx.split(nnx.merge(graphdef, restored.params, rest))
+        g, state = nnx.split(nnx.merge(graphdef, restored["params"], rest))
         idx, vals = [], []
         for b in data.iterate_batches(
             train, config.eval_batch_size, buckets, shuffle=False, sort_by_length=True

@@ -259,7 +259,9 @@ def train_and_evaluate(
                 meta=ocp.args.JsonRestore(),
             ),
         )
-        state = _TrainState(restored.params, restored.opt_state, int(restored.meta["step"]))
+        state = _TrainState(
+            restored["params"], restored["opt_state"], int(restored["meta"]["step"])
+        )
         log.info("resumed %s from step %d", workdir, state.step)
     last_saved = state.step if latest is not None else -1
 
@@ -343,7 +345,7 @@ def train_and_evaluate(
                         "step": state.step,
                         "epoch": round(state.step / batches_per_epoch, 4),
                         **_window_means(window),
-                        "lr": float(schedule(state.step - 1)),
+                        "lr": float(np.asarray(schedule(state.step - 1))),
                         "grad_norm": float(step_metrics["grad_norm"]),
                         "examples_per_s": window_examples / max(elapsed, 1e-9),
                         "steps_per_s": len(window) / max(elapsed, 1e-9),

@@ -27,7 +27,7 @@ Shape vocabulary: b batch rows, c classes.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,7 @@ from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
 
+@runtime_checkable  # beartype checks arguments against it under pytest
 class LossHook(Protocol):
     """Turns a forward pass into the training loss (traced inside the jitted step).
 
@@ -57,6 +58,7 @@ class LossHook(Protocol):
     ) -> tuple[Float[Array, ""], Mapping[str, Array]]: ...
 
 
+@runtime_checkable  # beartype checks arguments against it under pytest
 class ForwardHook(Protocol):
     """Runs the model on a batch inside the differentiated function (traced).
 

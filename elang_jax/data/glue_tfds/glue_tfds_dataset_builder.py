@@ -71,11 +71,19 @@ class GlueTfds(tfds.core.GeneratorBasedBuilder):
         # a dependency of tensorflow-datasets (ModuleNotFoundError without it). The file is known.
         return epath.Path(__file__)
 
+    @property
+    def _task(self) -> str:
+        """The GLUE task of this builder's config (tfds always sets one: BUILDER_CONFIGS)."""
+        assert self.builder_config is not None
+        return self.builder_config.name
+
     def _info(self) -> tfds.core.DatasetInfo:
         # DatasetInfo is built directly: dataset_info_from_configs() looks for metadata files
         # next to the builder module, which this package does not carry.
-        spec = get_glue_task(self.builder_config.name)
-        features = {name: tfds.features.Text() for name in FEATURE_NAMES[spec.name]}
+        spec = get_glue_task(self._task)
+        features: dict[str, tfds.features.FeatureConnector] = {
+            name: tfds.features.Text() for name in FEATURE_NAMES[spec.name]
+        }
         features["label"] = tfds.features.ClassLabel(names=list(spec.label_names))
         features["idx"] = tfds.features.Scalar(dtype=np.int32)
         return tfds.core.DatasetInfo(
@@ -91,7 +99,7 @@ class GlueTfds(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict]]]:
         del dl_manager  # Nothing to download: the files ship with the package.
-        spec = get_glue_task(self.builder_config.name)
+        spec = get_glue_task(self._task)
         return {
             tfds_split: self._generate_examples(split=file_split)
             for tfds_split, file_split in _SPLIT_FILES.items()
@@ -99,7 +107,7 @@ class GlueTfds(tfds.core.GeneratorBasedBuilder):
         }
 
     def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
-        task = self.builder_config.name
+        task = self._task
         names = FEATURE_NAMES[task]
         examples = read_glue(task, split)
         texts = (
