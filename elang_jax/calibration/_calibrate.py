@@ -188,6 +188,7 @@ def calibrate(
         return point(int(ok[np.lexsort((-acc[ok], cost[ok]))[0]]))
 
     if target.objective is Objective.BUDGET:
+        assert target.budget is not None  # CalibrationTarget requires it for BUDGET
         ok = np.flatnonzero(cost <= target.budget + 1e-12)
         if ok.size == 0:
             raise ValueError(

@@ -66,7 +66,7 @@ def config_to_hf(config: BertConfig, architecture: str):
         attention_probs_dropout_prob=config.attention_dropout,
         classifier_dropout=config.classifier_dropout,
         pad_token_id=config.pad_token_id,
-        num_labels=config.num_labels,
+        num_labels=config.num_labels,  # pyright: ignore[reportCallIssue]  # a **kwargs field
         architectures=[architecture],
         **extra,
     )

@@ -6,7 +6,7 @@ Each family module (`_bert_map`, `_t5_map`, `_gpt2_map`) builds a `Family` and r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from elang_jax.hf._rules import Rule
@@ -17,7 +17,7 @@ class RuleSet:
     """What `load_into` / `export_from` need for one (config, head) pair."""
 
     rules: list[Rule]
-    aliases: dict[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+    aliases: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
     ignore: Sequence[str] = ()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -147,7 +147,7 @@ def load_into(
     tensors: dict[str, np.ndarray],
     rules: Iterable[Rule],
     *,
-    aliases: dict[str, Sequence[str]] | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
     ignore: Sequence[str] = (),
     source: str = "checkpoint",
 ) -> LoadReport:

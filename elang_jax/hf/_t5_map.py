@@ -45,11 +45,11 @@ def config_from_hf(d: dict) -> T5Config:
         dropout_rate=d.get("dropout_rate", 0.1),
         layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-6),
         feed_forward_proj=d.get("feed_forward_proj", "relu"),
-        tie_word_embeddings=tied,
+        tie_word_embeddings=tied,  # pyright: ignore[reportCallIssue]  # **kwargs
         pad_token_id=pad,
         eos_token_id=1 if eos is None else eos,
         # T5 starts decoding from the pad token.
-        decoder_start_token_id=pad if start is None else start,
+        decoder_start_token_id=pad if start is None else start,  # pyright: ignore[reportCallIssue]  # **kwargs
     )
 
 
@@ -69,10 +69,10 @@ def config_to_hf(config: T5Config, architecture: str):
         dropout_rate=config.dropout_rate,
         layer_norm_epsilon=config.layer_norm_epsilon,
         feed_forward_proj=config.feed_forward_proj,
-        tie_word_embeddings=config.tie_word_embeddings,
+        tie_word_embeddings=config.tie_word_embeddings,  # pyright: ignore[reportCallIssue]
         pad_token_id=config.pad_token_id,
         eos_token_id=config.eos_token_id,
-        decoder_start_token_id=config.decoder_start_token_id,
+        decoder_start_token_id=config.decoder_start_token_id,  # pyright: ignore[reportCallIssue]
         architectures=[architecture],
     )
 
@@ -117,6 +117,7 @@ def _stack(config: T5Config, name: str, decoder: bool) -> list[R.Rule]:
         )
     ]
     n = config.num_decoder_layers if decoder else config.num_layers
+    assert n is not None  # T5Config resolves num_decoder_layers
     for i in range(n):
         hb, ml = f"{name}.block.{i}.layer", (*path, "layers", i)
         rules += _attention(f"{hb}.0.SelfAttention", (*ml, "attention"))

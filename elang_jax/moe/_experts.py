@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from elang_jax.kernels import moe_dispatch
+from elang_jax.kernels import moe_dispatch  # pyright: ignore[reportMissingImports]  # kernels/ via package-dir
 from elang_jax.moe._config import MoEConfig, MoEImpl
 from elang_jax.moe._routing import Plan
 
@@ -52,6 +52,7 @@ def run_dense(x, expert_ids, gates, plan: Plan, w: ExpertWeights, act: Act, conf
 
 def _grouped_ffn(xs, plan: Plan, w: ExpertWeights, act: Act):
     # [m d] rows sorted by expert -> [m d]; ragged_dot runs one matmul per contiguous group.
+    assert plan.sorted_experts is not None  # made by the plan for the grouped paths
     h = jax.lax.ragged_dot(xs, w.w_in, plan.group_sizes)
     h = act(h + jnp.take(w.b_in, plan.sorted_experts, axis=0))
     return jax.lax.ragged_dot(h, w.w_out, plan.group_sizes)

@@ -30,7 +30,7 @@ from jaxtyping import Array, Float, Int
 
 from elang_jax.models._common import FeedForward, activation_fn
 from elang_jax.moe import _experts, _routing
-from elang_jax.moe._config import MoEConfig, RouterKind
+from elang_jax.moe._config import MoEConfig, MoEImpl, RouterKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +179,8 @@ class MoEFeedForward(nnx.Module):
         # [d_ff d] -> [e f d]
         moe.w_out[...] = jnp.asarray(w_out[partition])
         if use_bias:
+            assert moe.b_in is not None and moe.b_out is not None
+            assert ffn.w_in.bias is not None and ffn.w_out.bias is not None
             moe.b_in[...] = jnp.asarray(np.asarray(ffn.w_in.bias[...])[partition])
             moe.b_out[...] = jnp.asarray(ffn.w_out.bias[...])
         if moe.router_w1 is not None:
@@ -215,12 +217,14 @@ class MoEFeedForward(nnx.Module):
         if kind is RouterKind.ORACLE:
             return self.activation_mass(x)
         if kind is RouterKind.LINEAR:
+            assert self.router_w is not None  # built for a LINEAR router
             return xf @ self.router_w[...].astype(jnp.float32)
         x_hat = xf / (jnp.linalg.norm(xf, axis=-1, keepdims=True) + 1e-12)
         if kind is RouterKind.CENTROID:
             c = self.centroids()
             # negative squared L2 distance between the unit token and the unit centroid
             return 2.0 * x_hat @ c.T - 2.0
+        assert self.router_w1 is not None and self.router_w2 is not None  # an MLP router
         w1 = self.router_w1[...].astype(jnp.float32)
         return jnp.tanh(x_hat @ w1) @ self.router_w2[...].astype(jnp.float32)
 
@@ -243,7 +247,7 @@ class MoEFeedForward(nnx.Module):
         w = self.weights()
         act = activation_fn(self.activation)
         y = _experts.run(
-            config.impl, xf.astype(w.w_in.dtype), expert_ids, gates, plan, w, act, config
+            MoEImpl(config.impl), xf.astype(w.w_in.dtype), expert_ids, gates, plan, w, act, config
         )
         if self.b_out is not None:
             # [n d] + [1 d]

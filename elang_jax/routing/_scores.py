@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 from jax.typing import ArrayLike
 from jaxtyping import Array, Float
 
@@ -64,7 +65,7 @@ def _check_temperature(temperature) -> jax.Array | float:
     never reaches a threshold (`NaN >= t` is false), so an invalid temperature escalates
     (or never exits early) rather than deciding at random.
     """
-    if isinstance(temperature, jax.core.Tracer):
+    if isinstance(temperature, Tracer):
         return temperature
     t = np.asarray(temperature)
     if not np.issubdtype(t.dtype, np.number) or np.iscomplexobj(t):
@@ -79,7 +80,7 @@ def _check_temperature(temperature) -> jax.Array | float:
 
 def _poison(value: jax.Array, temperature) -> jax.Array:
     """NaN where a traced temperature is out of range (a no-op for checked ones)."""
-    if not isinstance(temperature, jax.core.Tracer):
+    if not isinstance(temperature, Tracer):
         return value
     t = jnp.asarray(temperature, jnp.float32)
     return jnp.where((t >= MIN_TEMPERATURE) & (t <= MAX_TEMPERATURE), value, jnp.nan)
