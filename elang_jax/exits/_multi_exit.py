@@ -267,17 +267,14 @@ class _ExitProgram:
     """The exit step as a step-engine program: one tier with exits."""
 
     def __init__(self, module: MultiExit, policy: ExitPolicy):
-        self._module = module
+        self.module = module
         self.policy = policy
 
-    def _me(self) -> MultiExit:
-        return self._module
-
     def structure(self):
-        return [self._me()], self.policy
+        return [self.module], self.policy
 
     def prepare(self, batch_size, inputs, valid=None, threshold=None, patience=None):
-        me = self._me()
+        me = self.module
         full = step_inputs(inputs, batch_size, [me.model.encoder])
         params = dict(
             threshold=jnp.asarray(step_threshold("threshold", threshold, me.config.threshold)),
