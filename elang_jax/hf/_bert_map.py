@@ -1,21 +1,57 @@
-"""BERT / RoBERTa / MiniLM <-> Hugging Face tensor names and config.json."""
+"""BERT / RoBERTa / MiniLM <-> Hugging Face tensor names and config.json.
+
+The tensor rules serve MPNet too (`_mpnet_map`): same embeddings, FFN and RoBERTa-style
+heads; only the attention's names differ, and MPNet adds the encoder's relative bias table.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from elang_jax.hf import _rules as R
 from elang_jax.hf._registry import Family, RuleSet, register
-from elang_jax.models._bert import (
-    BertConfig,
-    BertForMaskedLM,
-    BertForSequenceClassification,
-    BertModel,
-    PositionStyle,
-)
+from elang_jax.models._bert import BertForMaskedLM, BertForSequenceClassification, BertModel
+from elang_jax.models._bert_config import BertConfig, PositionStyle
 
 _ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 _HEAD_TENSORS = ("cls.*", "classifier.*", "lm_head.*", "qa_outputs.*")
+
+
+def shared_config_fields(d: dict) -> dict[str, Any]:
+    """The BertConfig fields every BERT-family config.json (BERT, RoBERTa, MPNet) states alike."""
+    id2label = d.get("id2label")
+    return dict(
+        vocab_size=d["vocab_size"],
+        hidden_size=d["hidden_size"],
+        num_layers=d["num_hidden_layers"],
+        num_heads=d["num_attention_heads"],
+        intermediate_size=d["intermediate_size"],
+        max_position_embeddings=d.get("max_position_embeddings", 512),
+        layer_norm_eps=d.get("layer_norm_eps", 1e-12),
+        hidden_act=d.get("hidden_act", "gelu"),
+        hidden_dropout=d.get("hidden_dropout_prob", 0.1),
+        attention_dropout=d.get("attention_probs_dropout_prob", 0.1),
+        num_labels=len(id2label) if id2label else d.get("num_labels", 2),
+    )
+
+
+def shared_hf_fields(config: BertConfig, architecture: str) -> dict[str, Any]:
+    """The inverse of `shared_config_fields`, as keyword arguments of a transformers config."""
+    return dict(
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        max_position_embeddings=config.max_position_embeddings,
+        layer_norm_eps=config.layer_norm_eps,
+        hidden_act=config.hidden_act,
+        hidden_dropout_prob=config.hidden_dropout,
+        attention_probs_dropout_prob=config.attention_dropout,
+        num_labels=config.num_labels,
+        architectures=[architecture],
+    )
 
 
 def config_from_hf(d: dict) -> BertConfig:
@@ -24,26 +60,14 @@ def config_from_hf(d: dict) -> BertConfig:
     pos_type = d.get("position_embedding_type", "absolute")
     if pos_type != "absolute":
         raise ValueError(f"position_embedding_type={pos_type!r} is not supported (only absolute)")
-    id2label = d.get("id2label")
-    num_labels = len(id2label) if id2label else d.get("num_labels", 2)
     pad = d.get("pad_token_id")
     return BertConfig(
-        vocab_size=d["vocab_size"],
-        hidden_size=d["hidden_size"],
-        num_layers=d["num_hidden_layers"],
-        num_heads=d["num_attention_heads"],
-        intermediate_size=d["intermediate_size"],
-        max_position_embeddings=d.get("max_position_embeddings", 512),
+        **shared_config_fields(d),
         type_vocab_size=d.get("type_vocab_size", 2),
-        layer_norm_eps=d.get("layer_norm_eps", 1e-12),
-        hidden_act=d.get("hidden_act", "gelu"),
-        hidden_dropout=d.get("hidden_dropout_prob", 0.1),
-        attention_dropout=d.get("attention_probs_dropout_prob", 0.1),
         classifier_dropout=d.get("classifier_dropout"),
         pad_token_id=(1 if roberta else 0) if pad is None else pad,
         position_style=PositionStyle.ROBERTA if roberta else PositionStyle.ABSOLUTE,
         model_type="roberta" if roberta else "bert",
-        num_labels=num_labels,
     )
 
 
@@ -51,29 +75,23 @@ def config_to_hf(config: BertConfig, architecture: str):
     import transformers
 
     cls = transformers.RobertaConfig if config.model_type == "roberta" else transformers.BertConfig
-    extra = dict(bos_token_id=0, eos_token_id=2) if config.model_type == "roberta" else {}
+    extra: dict[str, Any] = (
+        dict(bos_token_id=0, eos_token_id=2) if config.model_type == "roberta" else {}
+    )
     return cls(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        intermediate_size=config.intermediate_size,
-        max_position_embeddings=config.max_position_embeddings,
+        **shared_hf_fields(config, architecture),
         type_vocab_size=config.type_vocab_size,
-        layer_norm_eps=config.layer_norm_eps,
-        hidden_act=config.hidden_act,
-        hidden_dropout_prob=config.hidden_dropout,
-        attention_probs_dropout_prob=config.attention_dropout,
         classifier_dropout=config.classifier_dropout,
         pad_token_id=config.pad_token_id,
-        num_labels=config.num_labels,  # pyright: ignore[reportCallIssue]  # a **kwargs field
-        architectures=[architecture],
         **extra,
     )
 
 
+_ARCHITECTURE_PREFIX = {"bert": "Bert", "roberta": "Roberta", "mpnet": "MPNet"}
+
+
 def export_architecture(config: BertConfig, head: str) -> str:
-    prefix = "Roberta" if config.model_type == "roberta" else "Bert"
+    prefix = _ARCHITECTURE_PREFIX[config.model_type]
     return (
         prefix
         + {
@@ -84,25 +102,42 @@ def export_architecture(config: BertConfig, head: str) -> str:
     )
 
 
+# Names inside encoder.layer.{i} of the attention's projections (query, key, value, output)
+# and its layer norm.
+_ATTENTION_NAMES = {
+    "bert": ("self.query", "self.key", "self.value", "output.dense", "output.LayerNorm"),
+    "mpnet": ("attn.q", "attn.k", "attn.v", "attn.o", "LayerNorm"),
+}
+
+
 def _backbone(config: BertConfig, hf: str, path: R.Path, pooler: bool, optional_pooler: bool):
     """Rules for the encoder; `hf` is the name prefix ('' for a bare BertModel)."""
     p = f"{hf}." if hf else ""
     rules = [
         R.embedding(f"{p}embeddings.word_embeddings.weight", (*path, "embeddings", "word")),
         R.embedding(f"{p}embeddings.position_embeddings.weight", (*path, "embeddings", "position")),
-        R.embedding(
-            f"{p}embeddings.token_type_embeddings.weight", (*path, "embeddings", "token_type")
-        ),
         *R.layer_norm(f"{p}embeddings.LayerNorm", (*path, "embeddings", "norm")),
     ]
+    if config.type_vocab_size:
+        rules.append(
+            R.embedding(
+                f"{p}embeddings.token_type_embeddings.weight", (*path, "embeddings", "token_type")
+            )
+        )
+    if config.relative_attention_num_buckets:
+        rules.append(
+            R.copy(
+                f"{p}encoder.relative_attention_bias.weight",
+                (*path, "relative_bias", "embedding"),
+            )
+        )
+    *projections, norm = _ATTENTION_NAMES["mpnet" if config.model_type == "mpnet" else "bert"]
     for i in range(config.num_layers):
         hl, ml = f"{p}encoder.layer.{i}", (*path, "layers", i)
+        for name, ours in zip(projections, ("query", "key", "value", "output"), strict=True):
+            rules += R.linear(f"{hl}.attention.{name}", (*ml, "attention", ours))
         rules += [
-            *R.linear(f"{hl}.attention.self.query", (*ml, "attention", "query")),
-            *R.linear(f"{hl}.attention.self.key", (*ml, "attention", "key")),
-            *R.linear(f"{hl}.attention.self.value", (*ml, "attention", "value")),
-            *R.linear(f"{hl}.attention.output.dense", (*ml, "attention", "output")),
-            *R.layer_norm(f"{hl}.attention.output.LayerNorm", (*ml, "attention_norm")),
+            *R.layer_norm(f"{hl}.attention.{norm}", (*ml, "attention_norm")),
             *R.linear(f"{hl}.intermediate.dense", (*ml, "ffn", "w_in")),
             *R.linear(f"{hl}.output.dense", (*ml, "ffn", "w_out")),
             *R.layer_norm(f"{hl}.output.LayerNorm", (*ml, "ffn_norm")),
@@ -113,8 +148,8 @@ def _backbone(config: BertConfig, hf: str, path: R.Path, pooler: bool, optional_
 
 
 def rules(config: BertConfig, head: str, checkpoint_head: str | None) -> RuleSet:
-    roberta = config.model_type == "roberta"
-    prefix = "roberta" if roberta else "bert"
+    roberta = config.roberta_style_heads  # RoBERTa and MPNet heads share their layout
+    prefix = config.model_type  # "bert", "roberta" or "mpnet": the base model's attribute
     other_head = checkpoint_head is not None and checkpoint_head != head
     ignore = ["*position_ids", "*token_type_ids", "*embeddings.position_ids"]
     if other_head:
@@ -154,7 +189,7 @@ def rules(config: BertConfig, head: str, checkpoint_head: str | None) -> RuleSet
                 for r in rs
             ]
     else:
-        raise ValueError(f"unknown head {head!r} for the BERT family")
+        raise ValueError(f"unknown head {head!r} for the {config.model_type} family")
     return RuleSet(rs, aliases, ignore)
 
 

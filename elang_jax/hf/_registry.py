@@ -1,6 +1,7 @@
 """Model families known to the Hugging Face importer/exporter.
 
-Each family module (`_bert_map`, `_t5_map`, `_gpt2_map`) builds a `Family` and registers it.
+Each family module (`_bert_map`, `_mpnet_map`, `_t5_map`, `_gpt2_map`) builds a `Family` and
+registers it.
 """
 
 from __future__ import annotations
@@ -75,10 +76,20 @@ def family_for_model_type(model_type: str) -> Family:
 
 
 def family_and_head_for_model(model: Any) -> tuple[Family, str]:
-    for fam in families().values():
-        for head, cls in fam.heads.items():
-            if type(model) is cls:
-                return fam, head
+    matches = [
+        (fam, head)
+        for fam in families().values()
+        for head, cls in fam.heads.items()
+        if type(model) is cls
+    ]
+    # The BERT-family classes serve two families (BERT/RoBERTa and MPNet): the config's
+    # model_type tells them apart.
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for fam, head in matches:
+        if model_type in fam.model_types:
+            return fam, head
+    if matches:
+        return matches[0]
     raise TypeError(f"{type(model).__name__} is not a model elang_jax can export")
 
 
@@ -86,7 +97,7 @@ def _load_builtin() -> None:
     # Imported lazily so that a family's import cost is only paid when checkpoints are used.
     from elang_jax.hf import _bert_map  # noqa: F401
 
-    for mod in ("_t5_map", "_gpt2_map"):
+    for mod in ("_mpnet_map", "_t5_map", "_gpt2_map"):
         try:
             __import__(f"elang_jax.hf.{mod}")
         except ModuleNotFoundError as e:

@@ -1,16 +1,19 @@
-"""Backbones and heads. Public names only; implementations live in private modules."""
+"""Backbones and heads. Public names only; implementations live in private modules.
+
+The BERT family covers BERT, RoBERTa, MiniLM and MPNet (`BertConfig.mpnet_base()`,
+`BertConfig(model_type="mpnet", ...)`).
+"""
 
 # Shared building blocks
 # BERT family
 from elang_jax.models._bert import (
-    BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
     BertModel,
-    PositionStyle,
     num_parameters,
     step_inputs,
 )
+from elang_jax.models._bert_config import BertConfig, PositionStyle
 from elang_jax.models._common import (
     Activation,
     FeedForward,

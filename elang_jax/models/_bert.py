@@ -1,9 +1,10 @@
-"""BERT-family encoders (BERT, RoBERTa, MiniLM) in Flax NNX, with their heads.
+"""BERT-family encoders (BERT, RoBERTa, MiniLM, MPNet) in Flax NNX, with their heads.
 
 The backbone exposes what the adaptive-compute methods need:
-  * `embed` then `run_layers(h, mask, start, stop)`: run any range of layers, on any subset
-    of tokens (positions are added at the embedding, so a gathered subset of hidden states
-    with its mask is a valid input to any later layer);
+  * `embed` then `run_layers(h, mask, start, stop, positions=...)`: run any range of layers,
+    on any subset of tokens (absolute positions are added at the embedding; MPNet's relative
+    position bias is computed from `positions`, each token's original column, so a gathered
+    subset of hidden states with its mask and positions is a valid input to any later layer);
   * per-layer hidden states and attention probabilities on request;
   * `layer.ffn`, a pluggable feed-forward module (MoE layers replace it).
 """
@@ -11,11 +12,8 @@ The backbone exposes what the adaptive-compute methods need:
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +22,11 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax.core import LayerFn, StackState
+from elang_jax.models._bert_config import (
+    MPNET_RELATIVE_MAX_DISTANCE,
+    BertConfig,
+    PositionStyle,
+)
 from elang_jax.models._common import (
     FeedForward,
     MultiHeadAttention,
@@ -32,100 +35,11 @@ from elang_jax.models._common import (
     check_mask,
     check_token_ids,
     dropout,
+    is_concrete,
     mask_to_bias,
 )
 from elang_jax.models._outputs import ClassifierOutput, EncoderOutput, LMOutput
-
-
-class PositionStyle(enum.StrEnum):
-    ABSOLUTE = "absolute"  # BERT: positions 0..t-1
-    ROBERTA = "roberta"  # RoBERTa: pad_token_id + 1 + running count of non-pad tokens
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BertConfig:
-    """Configuration of a BERT-family encoder. Field names follow our conventions; see
-    `elang_jax.hf` for the mapping from and to Hugging Face `config.json`."""
-
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    intermediate_size: int
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_act: str = "gelu"
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    classifier_dropout: float | None = None
-    pad_token_id: int = 0
-    position_style: PositionStyle | str = PositionStyle.ABSOLUTE
-    model_type: str = "bert"  # "bert" or "roberta": decides the classification head layout
-    num_labels: int = 2
-    add_pooler: bool = True
-    dtype: Any = None  # compute dtype; parameters stay float32
-
-    def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
-            )
-        if self.model_type not in ("bert", "roberta"):
-            raise ValueError(f"model_type must be 'bert' or 'roberta', got {self.model_type!r}")
-        if self.num_labels < 1:
-            raise ValueError(f"num_labels must be >= 1, got {self.num_labels}")
-        activation_fn(self.hidden_act)  # raises on an unknown activation name
-        object.__setattr__(self, "position_style", PositionStyle(self.position_style))
-
-    @functools.cached_property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def max_length(self) -> int:
-        """Longest sequence the position table supports."""
-        if self.position_style is PositionStyle.ROBERTA:
-            return self.max_position_embeddings - self.pad_token_id - 1
-        return self.max_position_embeddings
-
-    def replace(self, **kw) -> BertConfig:
-        return dataclasses.replace(self, **kw)
-
-    @classmethod
-    def tiny(cls, **kw) -> BertConfig:
-        """A few-kilobyte config for tests."""
-        base = dict(
-            vocab_size=99,
-            hidden_size=32,
-            num_layers=2,
-            num_heads=4,
-            intermediate_size=37,
-            max_position_embeddings=64,
-        )
-        return cls(**{**base, **kw})
-
-    @classmethod
-    def minilm_l6(cls, **kw) -> BertConfig:
-        """all-MiniLM-L6-v2 / MiniLM-L6-H384."""
-        base = dict(
-            vocab_size=30522,
-            hidden_size=384,
-            num_layers=6,
-            num_heads=12,
-            intermediate_size=1536,
-        )
-        return cls(**{**base, **kw})
-
-    @classmethod
-    def bert_base(cls, **kw) -> BertConfig:
-        base = dict(
-            vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072
-        )
-        return cls(**{**base, **kw})
+from elang_jax.models._t5_layers import RelativePositionBias
 
 
 def _layer_norm(config: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -139,7 +53,11 @@ class BertEmbeddings(nnx.Module):
         d = config.hidden_size
         self.word = nnx.Embed(config.vocab_size, d, dtype=config.dtype, rngs=rngs)
         self.position = nnx.Embed(config.max_position_embeddings, d, dtype=config.dtype, rngs=rngs)
-        self.token_type = nnx.Embed(config.type_vocab_size, d, dtype=config.dtype, rngs=rngs)
+        self.token_type = (
+            nnx.Embed(config.type_vocab_size, d, dtype=config.dtype, rngs=rngs)
+            if config.type_vocab_size
+            else None
+        )
         self.norm = _layer_norm(config, rngs)
         self.config = config
 
@@ -162,9 +80,13 @@ class BertEmbeddings(nnx.Module):
     ) -> Float[Array, "b t d"]:
         if position_ids is None:
             position_ids = self.position_ids(input_ids)
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        h = self.word(input_ids) + self.position(position_ids) + self.token_type(token_type_ids)
+        h = self.word(input_ids) + self.position(position_ids)
+        # Without a table (MPNet) token_type_ids can only be zeros: `check_inputs` refuses
+        # others whenever they are concrete.
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros_like(input_ids)
+            h = h + self.token_type(token_type_ids)
         return dropout(self.norm(h), self.config.hidden_dropout, rngs)
 
 
@@ -196,7 +118,7 @@ class BertLayer(nnx.Module):
     def __call__(
         self,
         h: Float[Array, "b t d"],
-        bias: Float[Array, "b 1 1 t"] | None,
+        bias: Float[Array, "#b #h #t t"] | None,
         *,
         return_probs: bool = False,
         rngs: nnx.Rngs | None = None,
@@ -216,6 +138,20 @@ class BertModel(nnx.Module):
         self.config = config
         self.embeddings = BertEmbeddings(config, rngs=rngs)
         self.layers = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        # MPNet: one [buckets, h] table owned by the encoder, its bias added to every layer's
+        # attention logits (transformers' MPNetEncoder.relative_attention_bias). The bucket
+        # rule is T5's bidirectional one.
+        self.relative_bias = (
+            RelativePositionBias(
+                config.relative_attention_num_buckets,
+                config.num_heads,
+                MPNET_RELATIVE_MAX_DISTANCE,
+                bidirectional=True,
+                rngs=rngs,
+            )
+            if config.relative_attention_num_buckets
+            else None
+        )
         self.pooler = (
             nnx.Linear(config.hidden_size, config.hidden_size, dtype=config.dtype, rngs=rngs)
             if config.add_pooler
@@ -239,7 +175,13 @@ class BertModel(nnx.Module):
             check_mask(attention_mask, shape)
         if token_type_ids is not None:
             check_mask(token_type_ids, shape, "token_type_ids", binary=False)
-            check_token_ids(token_type_ids, self.config.type_vocab_size, "token_type_ids")
+            if self.config.type_vocab_size:
+                check_token_ids(token_type_ids, self.config.type_vocab_size, "token_type_ids")
+            elif is_concrete(token_type_ids) and np.any(np.asarray(token_type_ids) != 0):
+                raise ValueError(
+                    f"this {self.config.model_type} model has no token-type embeddings: "
+                    "token_type_ids must be None or all zeros"
+                )
 
     def embed(
         self,
@@ -251,6 +193,18 @@ class BertModel(nnx.Module):
     ) -> Float[Array, "b t d"]:
         return self.embeddings(input_ids, token_type_ids, position_ids, rngs=rngs)
 
+    def attention_bias(
+        self,
+        attention_mask: Int[Array, "b t"] | None,
+        positions: Int[Array, "b t"] | None,
+        length: int,
+    ) -> Float[Array, "#b #h #t t"] | None:
+        """What every layer adds to its attention logits: the padding mask, plus MPNet's
+        relative position bias of the tokens' original columns `positions`."""
+        if self.relative_bias is None:
+            return None if attention_mask is None else mask_to_bias(attention_mask, jnp.float32)
+        return self.relative_bias.self_attention_bias(attention_mask, positions, length)
+
     def run_layers(
         self,
         h: Float[Array, "b t d"],
@@ -258,18 +212,21 @@ class BertModel(nnx.Module):
         start: int = 0,
         stop: int | None = None,
         *,
+        positions: Int[Array, "b t"] | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> EncoderOutput:
         """Runs layers [start, stop) on hidden states `h` (any subset of a sequence's tokens).
 
-        `hidden_states`, when asked for, holds the input `h` followed by each layer's output.
+        `positions` [b t] are the tokens' original columns (default 0..t-1); only MPNet's
+        relative bias reads them, so a gathered subset needs them there. `hidden_states`, when
+        asked for, holds the input `h` followed by each layer's output.
         """
         stop = len(self.layers) if stop is None else stop
         if not 0 <= start <= stop <= len(self.layers):
             raise ValueError(f"layer range [{start}, {stop}) is outside [0, {len(self.layers)}]")
-        bias = None if attention_mask is None else mask_to_bias(attention_mask, jnp.float32)
+        bias = self.attention_bias(attention_mask, positions, h.shape[1])
         hiddens, attns = [h], []
         for layer in self.layers[start:stop]:
             h, probs = layer(h, bias, return_probs=output_attentions, rngs=rngs)
@@ -287,7 +244,13 @@ class BertModel(nnx.Module):
         def run(i: int, state: StackState, want_probs: bool, want_values: bool):
             values = self.layers[i].attention.values(state.h) if want_values else None
             out = self.run_layers(
-                state.h, state.mask, i, i + 1, output_attentions=want_probs, rngs=rngs
+                state.h,
+                state.mask,
+                i,
+                i + 1,
+                positions=state.positions,
+                output_attentions=want_probs,
+                rngs=rngs,
             )
             probs = out.attentions[0] if out.attentions is not None else None
             return out.last_hidden_state, probs, values
@@ -334,12 +297,12 @@ class ClassificationHead(nnx.Module):
     """Maps the [b t d] final hidden states to [b c] logits.
 
     BERT: pooler (tanh dense on token 0) then a linear classifier; the pooler belongs to the
-    backbone. RoBERTa: its own dense + tanh + out_proj on token 0, no pooler.
+    backbone. RoBERTa and MPNet: their own dense + tanh + out_proj on token 0, no pooler.
     """
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         d, c = config.hidden_size, config.num_labels
-        self.roberta_style = config.model_type == "roberta"
+        self.roberta_style = config.roberta_style_heads
         self.dense = nnx.Linear(d, d, dtype=config.dtype, rngs=rngs) if self.roberta_style else None
         self.out = nnx.Linear(d, c, dtype=config.dtype, rngs=rngs)
         rate = config.classifier_dropout
@@ -357,11 +320,11 @@ class ClassificationHead(nnx.Module):
 
 
 class BertForSequenceClassification(nnx.Module):
-    """Encoder plus classification head (BertForSequenceClassification or
-    RobertaForSequenceClassification layouts)."""
+    """Encoder plus classification head (the BertForSequenceClassification,
+    RobertaForSequenceClassification or MPNetForSequenceClassification layouts)."""
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        if config.model_type == "roberta" and config.add_pooler:
+        if config.roberta_style_heads and config.add_pooler:
             config = config.replace(add_pooler=False)
         if config.model_type == "bert" and not config.add_pooler:
             raise ValueError("BERT sequence classification needs the pooler (add_pooler=True)")
@@ -433,7 +396,9 @@ class BertForMaskedLM(nnx.Module):
             output_attentions=output_attentions,
             rngs=rngs,
         )
-        x = activation_fn(self.config.hidden_act)(self.transform(enc.last_hidden_state))
+        # RoBERTa's and MPNet's LM heads apply GELU whatever `hidden_act`; BERT's follows it.
+        act = "gelu" if self.config.roberta_style_heads else self.config.hidden_act
+        x = activation_fn(act)(self.transform(enc.last_hidden_state))
         x = self.transform_norm(x)
         # [b t d] x [v d] -> [b t v], plus the bias [v] -> [1 1 v]
         logits = self.encoder.embeddings.word.attend(x) + self.bias[...][None, None, :]

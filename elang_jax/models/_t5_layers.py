@@ -109,7 +109,8 @@ def relative_position_bucket(
 
 
 class RelativePositionBias(nnx.Module):
-    """The learned [buckets, h] table of one stack, turned into [b h t s] logit biases."""
+    """The learned [buckets, h] table of one stack (T5's encoder or decoder, MPNet's
+    encoder), turned into [b h t s] logit biases."""
 
     def __init__(
         self,
@@ -143,6 +144,21 @@ class RelativePositionBias(nnx.Module):
         values = jnp.take(self.embedding[...], buckets, axis=0)
         # [b t s h] -> [b h t s]
         return jnp.transpose(values, (0, 3, 1, 2))
+
+    def self_attention_bias(
+        self,
+        attention_mask: Int[Array, "b t"] | None,
+        positions: Int[Array, "b t"] | None,
+        length: int,
+    ) -> Float[Array, "#b h t t"]:
+        """The bias among `length` tokens at `positions` (their original columns, default
+        0..length-1) with padding keys masked: computed once, shared by a stack's layers."""
+        if positions is None:
+            # [1 t]
+            positions = jnp.arange(length, dtype=jnp.int32)[None]
+        bias = self(positions, positions)
+        keep = None if attention_mask is None else attention_mask[:, None, None, :].astype(bool)
+        return _masked_bias(bias, keep)
 
 
 def _masked_bias(
@@ -269,12 +285,7 @@ class T5EncoderStack(nnx.Module):
         length: int,
     ) -> Float[Array, "b h t t"]:
         """Relative position bias plus padding mask, shared by every layer of the stack."""
-        if positions is None:
-            # [1 t]
-            positions = jnp.arange(length, dtype=jnp.int32)[None]
-        bias = self.relative_bias(positions, positions)
-        keep = None if attention_mask is None else attention_mask[:, None, None, :].astype(bool)
-        return _masked_bias(bias, keep)
+        return self.relative_bias.self_attention_bias(attention_mask, positions, length)
 
     def run_layers(
         self,
