@@ -199,7 +199,7 @@ class ReferenceTiming:
 def time_against_reference(
     reference: BatchFn,
     candidates: Mapping[str, BatchFn],
-    batches: Sequence[Batch],
+    batches: Sequence[Any],  # whatever the functions take: padded `Batch`es, input dicts
     rounds: int,
     *,
     compiled: bool = False,

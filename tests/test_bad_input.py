@@ -80,7 +80,7 @@ def test_config_temperatures_must_be_finite_and_positive(bad):
     with pytest.raises(ValueError, match=r"tier 'a': temperature must be > 0 and finite"):
         TierConfig(name="a", temperature=bad)
     with pytest.raises(ValueError, match=r"tier 'a': temperature must be > 0 and finite"):
-        ComposedTierConfig(name="a", temperature=bad)
+        ComposedTierConfig.make(name="a", temperature=bad)
     with pytest.raises(ValueError, match=r"temperature must be > 0 and finite.*temperature="):
         Seq2SeqCascadeConfig(temperature=bad)
     with pytest.raises(ValueError, match="my_t must be > 0 and finite"):
@@ -198,7 +198,7 @@ def test_fractional_counts_are_rejected():
     with pytest.raises(bad, match="exit_layers"):
         MultiExitConfig(exit_layers=(1.5, 2))
     with pytest.raises(bad, match="exit_patience"):
-        ComposedTierConfig(name="a", exit_patience=1.5)
+        ComposedTierConfig.make(name="a", exit_patience=1.5)
 
 
 def test_count_checks_name_the_field():

@@ -12,6 +12,7 @@ from flax import nnx
 
 from elang_jax import data
 from elang_jax.calibration import CalibrationTarget
+from elang_jax.cascade import TierConfig
 from elang_jax.compose import (
     ComposedClassifier,
     ComposedConfig,
@@ -69,9 +70,9 @@ def full_system():
         swift_exit_threshold=-0.9,
         super_exit_threshold=-0.95,
         acc_rate=0.6,
-        moe_top_k=2,
+        moe=MoEConfig.tiny(top_k=2, impl=MoEImpl.CAPACITY),
         cascade_bucket_fractions=(0.0, 0.25, 0.5, 1.0),
-        exit_bucket_fractions=(0.0, 0.5, 1.0),
+        exit_buckets=(0.0, 0.5, 1.0),
     )
     return ComposedClassifier([swift, super_], config)
 
@@ -101,7 +102,7 @@ def _batch(pool, rows):
 # ---------------------------------------------------------------------------- reductions
 def test_plain_tier_is_the_model(pool):
     model = _classifier(3, 0)
-    system = ComposedClassifier([model], ComposedConfig(tiers=(ComposedTierConfig(name="m"),)))
+    system = ComposedClassifier([model], ComposedConfig(tiers=(ComposedTierConfig.make(name="m"),)))
     inputs = _batch(pool, np.arange(B))
     out = system.serving_step(B)(inputs)
     want = model(inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]).logits
@@ -112,7 +113,7 @@ def test_plain_tier_is_the_model(pool):
 
 def test_pruned_tier_is_acc_classify(pool):
     model = _classifier(3, 0)
-    tier = ComposedTierConfig(name="m", acc_rate=0.5)
+    tier = ComposedTierConfig.make(name="m", acc_rate=0.5)
     system = ComposedClassifier([model], ComposedConfig(tiers=(tier,)))
     inputs = _batch(pool, np.arange(B))
     out = system.serving_step(B)(inputs)
@@ -126,10 +127,13 @@ def test_pruned_tier_is_acc_classify(pool):
 @pytest.mark.parametrize("threshold", [math.inf, -0.9, -math.inf])
 def test_exit_tier_without_pruning_is_the_exit_step(pool, threshold):
     me = _multi_exit(_classifier(3, 0), 1)
-    tier = ComposedTierConfig(name="m", exit_policy="entropy", exit_threshold=threshold)
-    system = ComposedClassifier(
-        [me], ComposedConfig(tiers=(tier,), exit_bucket_fractions=me.config.bucket_fractions)
+    tier = ComposedTierConfig.make(
+        name="m",
+        exit_policy="entropy",
+        exit_threshold=threshold,
+        exit_buckets=me.config.bucket_fractions,
     )
+    system = ComposedClassifier([me], ComposedConfig(tiers=(tier,)))
     inputs = _batch(pool, np.arange(B))
     valid = np.arange(B) < B - 1
     out = system.serving_step(B)(inputs, valid=valid)
@@ -242,15 +246,15 @@ def test_calibration_meets_the_target(full_system, pool):
 # ---------------------------------------------------------------------------- bad input
 def test_bad_configs_are_named():
     with pytest.raises(ValueError, match="acc_rate"):
-        ComposedTierConfig(name="a", acc_rate=1.5)
+        ComposedTierConfig.make(name="a", acc_rate=1.5)
     with pytest.raises(ValueError, match="threshold is NaN"):
-        ComposedTierConfig(name="a", threshold=float("nan"))
+        ComposedTierConfig.make(name="a", threshold=float("nan"))
     with pytest.raises(ValueError, match="exit_policy"):
-        ComposedTierConfig(name="a", exit_policy="sometimes")
-    with pytest.raises(ValueError, match="moe_top_k"):
-        ComposedTierConfig(name="a", moe_top_k=0)
+        ComposedTierConfig.make(name="a", exit_policy="sometimes")
+    with pytest.raises(ValueError, match="top_k"):
+        ComposedTierConfig.make(name="a", moe=MoEConfig(num_experts=4, top_k=0))
     with pytest.raises(ValueError, match="distinct"):
-        ComposedConfig(tiers=(ComposedTierConfig(name="a"), ComposedTierConfig(name="a")))
+        ComposedConfig(tiers=(ComposedTierConfig.make(name="a"), ComposedTierConfig.make(name="a")))
     with pytest.raises(ValueError, match="at least one tier"):
         ComposedConfig(tiers=())
 
@@ -261,11 +265,28 @@ def test_modules_must_fit_the_config(pool):
         ComposedClassifier([model], ComposedConfig.exits_acc(0.0, 0.5))
     with pytest.raises(ValueError, match="dense FFNs"):
         ComposedClassifier(
-            [model], ComposedConfig(tiers=(ComposedTierConfig(name="m", moe_top_k=2),))
+            [model],
+            ComposedConfig(tiers=(ComposedTierConfig.make(name="m", moe=MoEConfig.tiny(top_k=2)),)),
         )
+    moefied = _moefied(model)
+    with pytest.raises(ValueError, match="moe.num_experts=8 but layer 0 has 4 experts"):
+        ComposedClassifier(
+            [moefied],
+            ComposedConfig(
+                tiers=(ComposedTierConfig.make("m", moe=MoEConfig(num_experts=8, top_k=2)),)
+            ),
+        )
+    me = _multi_exit(model, 1)
+    tier = ComposedTierConfig(
+        route=TierConfig(name="m"), exits=MultiExitConfig(exit_layers=(2,), threshold=0.0)
+    )
+    with pytest.raises(ValueError, match=r"exits.exit_layers=\(2,\) but its MultiExit"):
+        ComposedClassifier([me], ComposedConfig(tiers=(tier,)))
+    with pytest.raises(ValueError, match="acc is set but acc_rate is None"):
+        ComposedTierConfig.make("m", acc=AccConfig.bert())
     with pytest.raises(ValueError, match="2 tiers configured"):
         ComposedClassifier([model], ComposedConfig.tiny())
-    system = ComposedClassifier([model], ComposedConfig(tiers=(ComposedTierConfig(name="m"),)))
+    system = ComposedClassifier([model], ComposedConfig(tiers=(ComposedTierConfig.make(name="m"),)))
     step = system.serving_step(B)
     with pytest.raises(ValueError, match="shape"):
         step(_batch(pool, np.arange(B - 1)))

@@ -127,7 +127,8 @@ def test_composed_step_follows_weights_and_leaves_modules_alone(batch):
         site.ffn = MoEFeedForward.from_dense(site.ffn, config, rngs=nnx.Rngs(0))
     top_k = [site.ffn.config.top_k for site in ffn_sites(moe)]
     system = ComposedClassifier(
-        [moe], ComposedConfig(tiers=(ComposedTierConfig(name="moe", moe_top_k=1),))
+        [moe],
+        ComposedConfig(tiers=(ComposedTierConfig.make(name="moe", moe=config.replace(top_k=1)),)),
     )
     step = system.serving_step(B)
     out = step(batch)
@@ -181,7 +182,7 @@ def test_one_normaliser_for_every_step(batch):
     swift, sup = _classifier(1, 1), _classifier(1, 2)
     cascade = Cascade([Tier(swift, TierConfig(name="swift")), Tier(sup, TierConfig(name="super"))])
     me = MultiExit(_classifier(2, 3), MultiExitConfig.tiny(), rngs=nnx.Rngs(4))
-    system = ComposedClassifier([swift], ComposedConfig(tiers=(ComposedTierConfig(name="a"),)))
+    system = ComposedClassifier([swift], ComposedConfig(tiers=(ComposedTierConfig.make(name="a"),)))
     steps = [cascade.serving_step(B), me.exit_step(B), system.serving_step(B)]
     no_mask = dict(input_ids=batch["input_ids"])
     ones = dict(input_ids=batch["input_ids"], attention_mask=np.ones((B, T), np.int32))

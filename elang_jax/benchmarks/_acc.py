@@ -62,8 +62,8 @@ def bench_acc(config: BenchConfig) -> BenchResult:
         batch_size=b,
         seq_len=t,
         num_layers=config.num_layers,
-        variant=acc_config.variant.value,
-        profile=acc_config.profile.value,
+        variant=str(acc_config.variant),
+        profile=str(acc_config.profile),
         targets=list(config.acc_speedups),
         rounds=config.rounds,
     )

@@ -48,8 +48,8 @@ def bench_compose(config: BenchConfig) -> BenchResult:
     fractions = config.exit_bucket_fractions
 
     def system(rate: float | None, threshold: float) -> ComposedClassifier:
-        composed = ComposedConfig.exits_acc(threshold, rate or 1.0)
-        return ComposedClassifier([me], composed.replace(exit_bucket_fractions=fractions))
+        composed = ComposedConfig.exits_acc(threshold, rate or 1.0, exit_buckets=fractions)
+        return ComposedClassifier([me], composed)
 
     full = logits_fn(model)
     candidates: dict[str, Callable[[], Any]] = {BASELINE: lambda: full(inputs)}

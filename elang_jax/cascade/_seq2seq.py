@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax.core import bucket_sizes, compact_apply
 from elang_jax.engine import CompiledStep, StepEngine, step_threshold, step_valid
@@ -70,7 +70,7 @@ class Seq2SeqCascadeConfig:
       bucket_fractions: compaction buckets as fractions of the batch (see `bucket_sizes`).
     """
 
-    score: Score = Score.ENERGY
+    score: Score | str = Score.ENERGY  # a str is converted
     threshold: float = math.inf
     temperature: float = 1.0
     max_new_tokens: int = 20
@@ -158,8 +158,8 @@ class EnergyHead(nnx.Module):
 
 def pooled_encoder_features(
     swift: T5ForConditionalGeneration,
-    input_ids: Int[Array, "b s"],
-    attention_mask: Int[Array, "b s"] | None = None,
+    input_ids: Int[ArrayLike, "b s"],
+    attention_mask: Int[ArrayLike, "b s"] | None = None,
     *,
     batch_size: int | None = None,
 ) -> Float[Array, "b d"]:
@@ -270,7 +270,7 @@ class ElangSeq2Seq:
         return ElangSeq2Seq(self.swift, self.super_model, self.head, config)
 
     def head_scores(
-        self, input_ids: Int[Array, "b s"], attention_mask: Int[Array, "b s"] | None = None
+        self, input_ids: Int[ArrayLike, "b s"], attention_mask: Int[ArrayLike, "b s"] | None = None
     ) -> Float[Array, " b"]:
         """The routing score from the Swift encoder and head alone (no decoding)."""
         feats = pooled_encoder_features(self.swift, input_ids, attention_mask)

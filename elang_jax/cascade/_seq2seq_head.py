@@ -63,7 +63,8 @@ def normalize_tokens(
 
 def make_head_targets(
     swift_tokens: Int[ArrayLike, "m n"],
-    super_tokens: Int[ArrayLike, "m _"],  # its own width
+    # its own width; the same rows as swift_tokens, checked below with a message that says so
+    super_tokens: Int[ArrayLike, "_ _"],
     *,
     rule: str = "match_super",
     quality_fn: Callable[[np.ndarray, np.ndarray], Any] | None = None,
@@ -116,7 +117,7 @@ def _class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
 def train_energy_head(
     head: EnergyHead,
     features,
-    targets: Int[Array, " m"],
+    targets: Int[ArrayLike, " m"],
     *,
     steps: int = 300,
     lr: float = 1e-2,

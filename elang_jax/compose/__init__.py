@@ -5,10 +5,11 @@ Typical use (a MoEfied, token-pruned Super model that exits early, behind an E-L
 whose Swift model exits early)::
 
     from elang_jax import compose
+    from elang_jax.moe import MoEConfig
 
     config = compose.ComposedConfig.elang_full(
         threshold=1.0, swift_exit_threshold=-0.2, super_exit_threshold=-0.4,
-        acc_rate=0.8, moe_top_k=2,
+        acc_rate=0.8, moe=MoEConfig(num_experts=8, top_k=2),
     )
     system = compose.ComposedClassifier([swift_multi_exit, super_multi_exit], config)
     out = system.serving_step(64)(inputs, valid=valid)

@@ -127,7 +127,7 @@ def _tier_runs(
         runs.append(
             _TierRun(
                 predictions=preds,
-                scores=np.asarray(score(tier.score, at_exit, tier.temperature)),
+                scores=np.asarray(score(tier.route.score, at_exit, tier.route.temperature)),
                 flops=np.array([cost(int(t), int(x)) for t, x in zip(out.lengths, e, strict=True)]),
             )
         )
@@ -182,11 +182,11 @@ def candidate_grid(
             preds.append(pred)
             costs.append(float(flops.sum()))
             tiers = [
-                t.replace(exit_threshold=exit_grid[k][exit_choice[k]])
+                t.with_thresholds(exit_threshold=exit_grid[k][exit_choice[k]])
                 for k, t in enumerate(cfg.tiers)
             ]
             for k, th in enumerate(cascade):
-                tiers[k] = tiers[k].replace(threshold=th)
+                tiers[k] = tiers[k].with_thresholds(threshold=th)
             configs.append(cfg.replace(tiers=tuple(tiers)))
     return CandidateGrid(np.stack(preds), np.asarray(costs), configs)
 

@@ -1,14 +1,20 @@
-"""One configuration for a composed system: cascade tiers, early exit, MoE FFNs, ACC pruning."""
+"""One configuration for a composed system: cascade tiers, early exit, MoE FFNs, ACC pruning.
+
+A tier's config nests each method's own config (`TierConfig` for the cascade decision,
+`MultiExitConfig` for early exit, `AccConfig` and a rate for token pruning, `MoEConfig` for
+the experts): a method's settings are declared once, in its own package.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 
-from elang_jax.exits import ExitPolicy
+from elang_jax.cascade import TierConfig
+from elang_jax.exits import ExitPolicy, MultiExitConfig
+from elang_jax.moe import MoEConfig
 from elang_jax.pruning import AccConfig
-from elang_jax.routing import Score, check_temperature
+from elang_jax.routing import Score
 
 
 def _fractions(name: str, fractions: tuple[float, ...]) -> tuple[float, ...]:
@@ -19,68 +25,121 @@ def _fractions(name: str, fractions: tuple[float, ...]) -> tuple[float, ...]:
     return fractions
 
 
+# Buckets (fractions of a tier's rows) the examples still running are packed into after
+# each exit: coarser than `MultiExitConfig`'s default, because a composed tier also packs
+# the escalated rows, and every bucket is one more branch to compile.
+COMPOSED_EXIT_BUCKETS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+def _typed(tier: str, name: str, value, kind: type) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(
+            f"tier {tier!r}: {name} must be a {kind.__name__} or None, got {type(value).__name__}"
+        )
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ComposedTierConfig:
     """One tier of a composed system and the methods it runs with.
 
     Attributes:
-      name: label used in reports.
-      score: the cascade's confidence score on this tier's answer (`elang_jax.routing`).
-      threshold: keep this tier's answer when score >= threshold, else escalate to the next
-        tier. Ignored for the last tier (it always answers).
-      temperature: temperature of `score`, > 0.
-      exit_policy: None: no early exit inside the tier. Otherwise the tier's module is an
-        `elang_jax.exits.MultiExit` and each example leaves at the first exit that
-        satisfies this policy.
-      exit_threshold: the exit policy's threshold (+inf never exits early).
-      exit_patience: PABEE's patience, >= 1.
+      route: the cascade decision on this tier's answer (`elang_jax.cascade.TierConfig`):
+        its name labels reports; keep the answer when its score >= its threshold, else
+        escalate. The last tier always answers. (`batch_size`, the offline path's, is not
+        used: a composed system runs as one compiled step.)
+      exits: None: no early exit inside the tier. Otherwise the tier's module is an
+        `elang_jax.exits.MultiExit` and each example leaves at the first exit that satisfies
+        this config's policy, threshold and patience; the examples still running are packed
+        into its `bucket_fractions` of the tier's rows. The exit layers, pooling and mixing
+        are the module's own (trained with it): `exit_layers`, when set, must match them.
       acc_rate: None: every token runs every layer. Otherwise ACC token pruning with
         `KeepSchedule.from_speed(acc_rate, ...)`; rate in (0, 1], 1 keeps every token.
-      acc: how tokens are scored and protected (None: `AccConfig.bert()`).
-      moe_top_k: None: the FFNs run as they are. Otherwise the tier's model has MoE FFNs
-        (`elang_jax.moe.moefy`) and each token runs this many experts.
+      acc: how ACC scores and protects tokens (None: `AccConfig.bert()`); used with
+        `acc_rate`.
+      moe: None: the FFNs run as they are. Otherwise the tier's model has MoE FFNs
+        (`elang_jax.moe.moefy`) with `moe.num_experts` experts, and the serving step runs
+        them with `moe.top_k` experts per token through `moe.impl`; the routers and gates
+        are the model's own.
     """
 
-    name: str
-    score: Score = Score.ENERGY
-    threshold: float = math.inf
-    temperature: float = 1.0
-    exit_policy: ExitPolicy | None = None
-    exit_threshold: float = math.inf
-    exit_patience: int = 2
+    route: TierConfig
+    exits: MultiExitConfig | None = None
     acc_rate: float | None = None
     acc: AccConfig | None = None
-    moe_top_k: int | None = None
+    moe: MoEConfig | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "score", Score(self.score))
-        if self.exit_policy is not None:
-            try:
-                object.__setattr__(self, "exit_policy", ExitPolicy(self.exit_policy))
-            except ValueError:
-                valid = [p.value for p in ExitPolicy]
-                raise ValueError(
-                    f"tier {self.name!r}: exit_policy must be None or one of {valid}, "
-                    f"got {self.exit_policy!r}"
-                ) from None
-        for field in ("threshold", "exit_threshold"):
-            if math.isnan(getattr(self, field)):
-                raise ValueError(f"tier {self.name!r}: {field} is NaN")
-        t = check_temperature(self.temperature, where=f"tier {self.name!r}: ")
-        object.__setattr__(self, "temperature", t)
-        p = self.exit_patience
-        # a fractional patience would be truncated by the exit step's int comparison
-        if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:
-            raise ValueError(
-                f"tier {self.name!r}: exit_patience must be an int >= 1, got {self.exit_patience!r}"
-            )
-        object.__setattr__(self, "exit_patience", int(p))
+        if not isinstance(self.route, TierConfig):
+            raise TypeError(f"route must be a TierConfig, got {type(self.route).__name__}")
+        _typed(self.name, "exits", self.exits, MultiExitConfig)
+        _typed(self.name, "acc", self.acc, AccConfig)
+        _typed(self.name, "moe", self.moe, MoEConfig)
         if self.acc_rate is not None and not 0.0 < self.acc_rate <= 1.0:
             raise ValueError(
                 f"tier {self.name!r}: acc_rate must lie in (0, 1], got {self.acc_rate}"
             )
-        if self.moe_top_k is not None and self.moe_top_k < 1:
-            raise ValueError(f"tier {self.name!r}: moe_top_k must be >= 1, got {self.moe_top_k}")
+        if self.acc is not None and self.acc_rate is None:
+            raise ValueError(
+                f"tier {self.name!r}: acc is set but acc_rate is None (no pruning); give the "
+                "rate, or leave acc out"
+            )
+
+    @classmethod
+    def make(
+        cls,
+        name: str,
+        *,
+        score: Score | str = Score.ENERGY,
+        threshold: float = math.inf,
+        temperature: float = 1.0,
+        exit_policy: ExitPolicy | str | None = None,
+        exit_threshold: float = math.inf,
+        exit_patience: int = 2,
+        exit_buckets: tuple[float, ...] = COMPOSED_EXIT_BUCKETS,
+        acc_rate: float | None = None,
+        acc: AccConfig | None = None,
+        moe: MoEConfig | None = None,
+    ) -> ComposedTierConfig:
+        """A tier from the settings one usually changes; the nested configs get the rest of
+        their defaults. Errors name the tier."""
+        # The exit settings are checked even without a policy, so a typo never waits for
+        # the day exits are switched on.
+        try:
+            exits = MultiExitConfig(
+                policy=ExitPolicy.ENTROPY if exit_policy is None else exit_policy,  # pyright: ignore[reportArgumentType]
+                threshold=exit_threshold,
+                patience=exit_patience,
+                bucket_fractions=exit_buckets,
+            )
+        except ValueError as e:
+            # MultiExitConfig's messages start with its field name; ours are exit_<field>.
+            raise ValueError(f"tier {name!r}: exit_{e}") from None
+        if exit_policy is None:
+            exits = None
+        route = TierConfig(name=name, score=score, threshold=threshold, temperature=temperature)
+        return cls(route=route, exits=exits, acc_rate=acc_rate, acc=acc, moe=moe)
+
+    @property
+    def name(self) -> str:
+        return self.route.name
+
+    @property
+    def threshold(self) -> float:
+        """The cascade threshold (`route.threshold`)."""
+        return self.route.threshold
+
+    @property
+    def exit_policy(self) -> ExitPolicy | None:
+        return None if self.exits is None else ExitPolicy(self.exits.policy)
+
+    @property
+    def exit_threshold(self) -> float:
+        """The exit threshold; +inf (never early) for a tier without exits."""
+        return math.inf if self.exits is None else self.exits.threshold
+
+    @property
+    def exit_buckets(self) -> tuple[float, ...]:
+        return COMPOSED_EXIT_BUCKETS if self.exits is None else self.exits.bucket_fractions
 
     @property
     def acc_config(self) -> AccConfig:
@@ -90,13 +149,27 @@ class ComposedTierConfig:
     def methods(self) -> tuple[str, ...]:
         """The methods this tier runs with, for labels: "exits", "acc", "moe"."""
         used = []
-        if self.moe_top_k is not None:
+        if self.moe is not None:
             used.append("moe")
         if self.acc_rate is not None and self.acc_rate < 1.0:
             used.append("acc")
-        if self.exit_policy is not None:
+        if self.exits is not None:
             used.append("exits")
         return tuple(used)
+
+    def with_thresholds(
+        self, threshold: float | None = None, exit_threshold: float | None = None
+    ) -> ComposedTierConfig:
+        """The same tier with a new cascade threshold and/or exit threshold (None keeps)."""
+        tier = self
+        if threshold is not None:
+            tier = dataclasses.replace(
+                tier, route=dataclasses.replace(tier.route, threshold=threshold)
+            )
+        if exit_threshold is not None and tier.exits is not None:
+            exits = dataclasses.replace(tier.exits, threshold=exit_threshold)
+            tier = dataclasses.replace(tier, exits=exits)
+        return tier
 
     def replace(self, **kw) -> ComposedTierConfig:
         return dataclasses.replace(self, **kw)
@@ -113,13 +186,10 @@ class ComposedConfig:
       tiers: one `ComposedTierConfig` per tier.
       cascade_bucket_fractions: static buckets (fractions of the batch) that the examples
         escalated to each later tier are packed into.
-      exit_bucket_fractions: static buckets (fractions of the rows a tier runs on) that the
-        examples still running are packed into after each exit.
     """
 
     tiers: tuple[ComposedTierConfig, ...]
     cascade_bucket_fractions: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
-    exit_bucket_fractions: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
 
     def __post_init__(self):
         tiers = tuple(self.tiers)
@@ -136,11 +206,6 @@ class ComposedConfig:
             self,
             "cascade_bucket_fractions",
             _fractions("cascade_bucket_fractions", self.cascade_bucket_fractions),
-        )
-        object.__setattr__(
-            self,
-            "exit_bucket_fractions",
-            _fractions("exit_bucket_fractions", self.exit_bucket_fractions),
         )
 
     def replace(self, **kw) -> ComposedConfig:
@@ -162,13 +227,19 @@ class ComposedConfig:
     # ------------------------------------------------------------------ presets
     @classmethod
     def exits_acc(
-        cls, exit_threshold: float, acc_rate: float, name: str = "super", **kw
+        cls,
+        exit_threshold: float,
+        acc_rate: float,
+        name: str = "super",
+        exit_buckets: tuple[float, ...] = COMPOSED_EXIT_BUCKETS,
+        **kw,
     ) -> ComposedConfig:
         """One model that both exits early (entropy) and prunes tokens (ACC)."""
-        tier = ComposedTierConfig(
-            name=name,
+        tier = ComposedTierConfig.make(
+            name,
             exit_policy=ExitPolicy.ENTROPY,
             exit_threshold=exit_threshold,
+            exit_buckets=exit_buckets,
             acc_rate=acc_rate,
         )
         return cls(tiers=(tier,), **kw)
@@ -180,40 +251,44 @@ class ComposedConfig:
         swift_exit_threshold: float,
         super_exit_threshold: float,
         acc_rate: float,
-        moe_top_k: int,
+        moe: MoEConfig,
+        exit_buckets: tuple[float, ...] = COMPOSED_EXIT_BUCKETS,
         **kw,
     ) -> ComposedConfig:
         """Every method at once: an E-LANG energy router whose Swift model exits early, in
         front of a Super model that is MoEfied, token-pruned and exits early."""
-        swift = ComposedTierConfig(
-            name="swift",
+        swift = ComposedTierConfig.make(
+            "swift",
             score=Score.ENERGY,
             threshold=threshold,
             exit_policy=ExitPolicy.ENTROPY,
             exit_threshold=swift_exit_threshold,
+            exit_buckets=exit_buckets,
         )
-        super_ = ComposedTierConfig(
-            name="super",
+        super_ = ComposedTierConfig.make(
+            "super",
             exit_policy=ExitPolicy.ENTROPY,
             exit_threshold=super_exit_threshold,
+            exit_buckets=exit_buckets,
             acc_rate=acc_rate,
-            moe_top_k=moe_top_k,
+            moe=moe,
         )
         return cls(tiers=(swift, super_), **kw)
 
     @classmethod
     def tiny(cls, **kw) -> ComposedConfig:
         """For tests: two tiers (the second exits early and prunes), coarse buckets."""
+        coarse = (0.0, 0.5, 1.0)
         return cls(
             tiers=(
-                ComposedTierConfig(name="swift", threshold=-0.5),
-                ComposedTierConfig(
-                    name="super", exit_policy=ExitPolicy.ENTROPY, exit_threshold=-0.6, acc_rate=0.7
+                ComposedTierConfig.make("swift", threshold=-0.5),
+                ComposedTierConfig.make(
+                    "super",
+                    exit_policy=ExitPolicy.ENTROPY,
+                    exit_threshold=-0.6,
+                    exit_buckets=coarse,
+                    acc_rate=0.7,
                 ),
             ),
-            **{
-                "cascade_bucket_fractions": (0.0, 0.5, 1.0),
-                "exit_bucket_fractions": (0.0, 0.5, 1.0),
-                **kw,
-            },
+            **{"cascade_bucket_fractions": coarse, **kw},
         )

@@ -65,14 +65,48 @@ class ComposedOutput:
     layers: Int[Array, "b k"]
 
 
+def _check_tier(module: nnx.Module, model: nnx.Module, tier: ComposedTierConfig) -> None:
+    """That a tier's module can run its config's methods; errors name the tier."""
+    if tier.exits is not None:
+        if not isinstance(module, MultiExit):
+            raise ValueError(
+                f"tier {tier.name!r} has exits (policy={str(tier.exits.policy)!r}): its module "
+                f"must be a MultiExit, got {type(module).__name__}"
+            )
+        wanted = tier.exits.exit_layers
+        if wanted is not None and tuple(wanted) != tuple(module.exit_layers):
+            raise ValueError(
+                f"tier {tier.name!r}: exits.exit_layers={tuple(wanted)} but its MultiExit has "
+                f"exits after layers {tuple(module.exit_layers)}"
+            )
+    if tier.acc_rate is not None and tier.acc_config.keep_first < 1:
+        raise ValueError(f"tier {tier.name!r}: a classifier reads token 0 (keep_first >= 1)")
+    if tier.moe is None:
+        return
+    ffns = [site.ffn for site in ffn_sites(model)]  # pyright: ignore[reportArgumentType]
+    dense = [i for i, f in enumerate(ffns) if not isinstance(f, MoEFeedForward)]
+    if dense:
+        raise ValueError(
+            f"tier {tier.name!r} has moe (top_k={tier.moe.top_k}) but layers {dense} have "
+            "dense FFNs: MoEfy the model first (elang_jax.moe.moefy)"
+        )
+    for i, ffn in enumerate(ffns):
+        assert isinstance(ffn, MoEFeedForward)
+        if ffn.config.num_experts != tier.moe.num_experts:
+            raise ValueError(
+                f"tier {tier.name!r}: moe.num_experts={tier.moe.num_experts} but layer {i} has "
+                f"{ffn.config.num_experts} experts"
+            )
+
+
 class ComposedClassifier:
     """Tiers of BERT-family classifiers, each with its own exits, pruning and MoE FFNs.
 
     Args:
       modules: one per tier, cheapest first: a `BertForSequenceClassification`, or an
         `elang_jax.exits.MultiExit` wrapping one when the tier exits early. A tier with
-        `moe_top_k` must have MoE FFNs (`elang_jax.moe.moefy`); the compiled steps run them
-        with `moe_top_k` experts (the modules passed in are not changed). For an example's
+        `moe` must have MoE FFNs (`elang_jax.moe.moefy`); the compiled steps run them with
+        `moe.top_k` experts (the modules passed in are not changed). For an example's
         output to be independent of its batch, MoE tiers should be dropless
         (`capacity_factor=None`).
       config: the composed system.
@@ -85,29 +119,7 @@ class ComposedClassifier:
         labels = {}
         for module, tier in zip(modules, config.tiers, strict=True):
             model = classifier_of(module)
-            if tier.exit_policy is not None and not isinstance(module, MultiExit):
-                raise ValueError(
-                    f"tier {tier.name!r} has exit_policy={tier.exit_policy.value!r}: its module "
-                    f"must be a MultiExit, got {type(module).__name__}"
-                )
-            if tier.acc_rate is not None and tier.acc_config.keep_first < 1:
-                raise ValueError(
-                    f"tier {tier.name!r}: a classifier reads token 0 (keep_first >= 1)"
-                )
-            if tier.moe_top_k is not None:
-                ffns = [site.ffn for site in ffn_sites(model)]
-                dense = [i for i, f in enumerate(ffns) if not isinstance(f, MoEFeedForward)]
-                if dense:
-                    raise ValueError(
-                        f"tier {tier.name!r} has moe_top_k={tier.moe_top_k} but layers {dense} "
-                        "have dense FFNs: MoEfy the model first (elang_jax.moe.moefy)"
-                    )
-                for ffn in [f for f in ffns if isinstance(f, MoEFeedForward)]:  # all, by now
-                    if tier.moe_top_k > ffn.config.num_experts:
-                        raise ValueError(
-                            f"tier {tier.name!r}: moe_top_k={tier.moe_top_k} exceeds the "
-                            f"{ffn.config.num_experts} experts"
-                        )
+            _check_tier(module, model, tier)
             labels[tier.name] = int(model.config.num_labels)
         if len(set(labels.values())) != 1:
             raise ValueError(f"tiers have mismatched label spaces (num_labels per tier): {labels}")
@@ -149,7 +161,7 @@ class ComposedClassifier:
         full = step_inputs(inputs, None, [classifier_of(self.modules[k]).encoder])
         graphdef, state = nnx.split(self.modules[k])
         # The static tier leaves the thresholds out, as the serving step's does.
-        tier = self.config.tiers[k].replace(threshold=0.0, exit_threshold=0.0)
+        tier = self.config.tiers[k].with_thresholds(0.0, 0.0)
         return _offline_logits(graphdef, tier, state, full)
 
     # ------------------------------------------------------------------ cost
@@ -171,7 +183,7 @@ class ComposedClassifier:
             ffn = ffns[i]
             if isinstance(ffn, MoEFeedForward):
                 c = ffn.config
-                top_k = c.top_k if tier.moe_top_k is None else tier.moe_top_k
+                top_k = c.top_k if tier.moe is None else tier.moe.top_k
                 total += flops.moe_ffn_flops(
                     t, d, mc.intermediate_size, c.num_experts, top_k, RouterKind(c.router).value
                 )
@@ -208,8 +220,8 @@ class _ComposedProgram:
         cfg = self.system.config
         # Thresholds are traced arguments: the static description leaves them out, so that
         # a config with new thresholds reuses the compiled program.
-        tiers = tuple(t.replace(threshold=0.0, exit_threshold=0.0) for t in cfg.tiers)
-        return self.system.modules, (tiers, cfg.exit_bucket_fractions)
+        tiers = tuple(t.with_thresholds(0.0, 0.0) for t in cfg.tiers)
+        return self.system.modules, tiers
 
     def prepare(self, batch_size, inputs, valid=None, thresholds=None, exit_thresholds=None):
         system = self.system
@@ -228,7 +240,7 @@ class _ComposedProgram:
         return full, step_valid(valid, batch_size), params
 
     def run(self, static, modules, inputs, valid, params, buckets):
-        tiers, exit_fractions = static
+        tiers = static
         for module, tier in zip(modules, tiers, strict=True):
             set_active_experts(module, tier)
 
@@ -240,9 +252,9 @@ class _ComposedProgram:
                     rows,
                     row_valid,
                     params["exit_thresholds"][k],
-                    exit_fractions,
                 )
-                s = score(tiers[k].score, out["logits"], tiers[k].temperature)
+                route = tiers[k].route
+                s = score(route.score, out["logits"], route.temperature)
                 extra = dict(exit_index=out["exit_index"], layers=out["layers"])
                 return TierResult(logits=out["logits"], score=s, extra=extra)
 

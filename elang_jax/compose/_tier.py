@@ -18,7 +18,7 @@ from jaxtyping import Array, Bool, Float
 
 from elang_jax.compose._config import ComposedTierConfig
 from elang_jax.core import bucket_sizes
-from elang_jax.exits import MultiExit, all_exit_logits, exit_loop
+from elang_jax.exits import ExitPolicy, MultiExit, all_exit_logits, exit_loop
 from elang_jax.models import BertForSequenceClassification
 from elang_jax.moe import MoEFeedForward, ffn_sites
 from elang_jax.pruning import AccSelector, KeepSchedule, acc_classify
@@ -43,14 +43,15 @@ def schedule_of(tier: ComposedTierConfig, num_layers: int) -> KeepSchedule | Non
 
 
 def set_active_experts(module: nnx.Module, tier: ComposedTierConfig) -> None:
-    """Sets the tier's MoE FFNs to run `tier.moe_top_k` experts. Called on the engine's
-    merged copy of the module inside the traced step, never on the caller's module."""
-    if tier.moe_top_k is None:
+    """Sets the tier's MoE FFNs to run `tier.moe.top_k` experts through `tier.moe.impl`.
+    Called on the engine's merged copy of the module inside the traced step, never on the
+    caller's module."""
+    if tier.moe is None:
         return
     for site in ffn_sites(classifier_of(module)):  # pyright: ignore[reportArgumentType]
         ffn = site.ffn
         assert isinstance(ffn, MoEFeedForward)
-        ffn.config = ffn.config.replace(top_k=tier.moe_top_k)
+        ffn.config = ffn.config.replace(top_k=tier.moe.top_k, impl=tier.moe.impl)
 
 
 def tier_forward(
@@ -59,7 +60,6 @@ def tier_forward(
     inputs: dict[str, Array],
     valid: Bool[Array, " b"],
     exit_threshold: Float[Array, ""],
-    exit_fractions: tuple[float, ...],
 ) -> dict[str, Array]:
     """One tier on a batch (traced). Returns logits [b c] float32, exit_index [b] int32 and
     layers [b] int32 (layers run; 0 for rows that are not valid)."""
@@ -68,7 +68,7 @@ def tier_forward(
     schedule = schedule_of(tier, num_layers)
     ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
     b = ids.shape[0]
-    if tier.exit_policy is None:
+    if tier.exits is None:
         if schedule is None:
             logits = model(ids, mask, types).logits
         else:
@@ -84,10 +84,10 @@ def tier_forward(
         module,
         inputs,
         valid,
-        tier.exit_policy,
+        ExitPolicy(tier.exits.policy),
         exit_threshold,
-        jnp.int32(tier.exit_patience),
-        bucket_sizes(b, exit_fractions),
+        jnp.int32(tier.exits.patience),
+        bucket_sizes(b, tier.exits.bucket_fractions),
         None if schedule is None else AccSelector(schedule),
     )
     return dict(logits=out["logits"], exit_index=out["exit_index"], layers=out["layers"])
@@ -100,9 +100,9 @@ def tier_exit_logits(
     that does not exit early."""
     model = classifier_of(module)
     schedule = schedule_of(tier, len(model.encoder.layers))
-    if tier.exit_policy is not None:
+    if tier.exits is not None:
         assert isinstance(module, MultiExit)
         return all_exit_logits(module, inputs, None if schedule is None else AccSelector(schedule))
     b = inputs["input_ids"].shape[0]
-    out = tier_forward(module, tier, inputs, jnp.ones((b,), bool), jnp.float32(jnp.inf), (1.0,))
+    out = tier_forward(module, tier, inputs, jnp.ones((b,), bool), jnp.float32(jnp.inf))
     return out["logits"][None]

@@ -92,6 +92,11 @@ class DemoConfig:
     A section may be given as a mapping of the fields that differ from its defaults.
     """
 
+    # The fields are the stored types; __post_init__ converts mappings into sections and
+    # raises `DemoError` naming a wrong value, so a runtime type checker (jaxtyping with
+    # beartype, in the test session) leaves __init__ alone instead of refusing mappings.
+    __no_type_check__ = True
+
     task: str = "sst2"
     preset: str = "full"
     cache_dir: str | None = None

@@ -47,7 +47,7 @@ def token_pruning(
             progress=progress,
         )
         known = summarize(
-            op, {"variant": acc.variant.value, "rate": schedule.rate}, config.calibration.epsilon
+            op, {"variant": str(acc.variant), "rate": schedule.rate}, config.calibration.epsilon
         )
     schedule = pruning.KeepSchedule.from_speed(
         known["setting"]["rate"], super_.config.num_layers, acc
@@ -73,7 +73,7 @@ def token_pruning(
         )
 
     return Method(
-        name=f"ACC token pruning ({acc.variant.value})",
+        name=f"ACC token pruning ({str(acc.variant)})",
         kind="pruning",
         forward=forward,
         decode=decode,

@@ -44,16 +44,15 @@ def composed_exits_acc(
     acc = pruning.AccConfig.bert(variant=config.pruning.acc_variant)
 
     def system(rate: float, threshold: float = np.inf) -> compose.ComposedClassifier:
-        tier = compose.ComposedTierConfig(
-            name="super",
+        tier = compose.ComposedTierConfig.make(
+            "super",
             exit_policy=exits.ExitPolicy.ENTROPY,
             exit_threshold=threshold,
+            exit_buckets=fractions,
             acc_rate=rate,
             acc=acc,
         )
-        return compose.ComposedClassifier(
-            [me], compose.ComposedConfig(tiers=(tier,), exit_bucket_fractions=fractions)
-        )
+        return compose.ComposedClassifier([me], compose.ComposedConfig(tiers=(tier,)))
 
     if known is None:
         dims = pruning.LayerDims.of(cfg)
@@ -85,7 +84,7 @@ def composed_exits_acc(
         setting = {
             "policy": "entropy",
             "threshold": float(tier.exit_threshold),
-            "variant": acc.variant.value,
+            "variant": str(acc.variant),
             "rate": float(tier.acc_rate or 1.0),
         }
         known = summarize(chosen.point, setting, config.calibration.epsilon)

@@ -71,7 +71,7 @@ class MultiExitConfig:
     """
 
     exit_layers: tuple[int, ...] | None = None
-    policy: ExitPolicy = ExitPolicy.ENTROPY
+    policy: ExitPolicy | str = ExitPolicy.ENTROPY  # strings are converted to the enum
     threshold: float = math.inf
     patience: int = 2
     pooling: str = "cls"

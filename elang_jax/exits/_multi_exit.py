@@ -242,7 +242,7 @@ class MultiExit(nnx.Module):
         size and policy; each reads the module's current parameters, temperatures and
         structure on every call.
         """
-        policy = self.config.policy if policy is None else ExitPolicy(policy)
+        policy = ExitPolicy(self.config.policy if policy is None else policy)
         engines = self._steps.engines.setdefault(self, {})
         if policy not in engines:
             engines[policy] = StepEngine(_ExitProgram(self, policy), self.config.bucket_fractions)

@@ -57,8 +57,8 @@ class AccConfig:
         attention of layer `first_pruned_layer - 1`.
     """
 
-    variant: AccVariant = AccVariant.ATTENTION
-    profile: Profile = Profile.GEOMETRIC
+    variant: AccVariant | str = AccVariant.ATTENTION  # strings are converted to the enums
+    profile: Profile | str = Profile.GEOMETRIC
     keep_first: int = 1
     keep_last: int = 0
     causal: bool = False
