@@ -81,7 +81,7 @@ def test_routing_hits_its_targets(results):
     # Composing prunes tokens in the layers the exits leave: cheaper than either alone.
     assert both.flop_speedup > max(alone.flop_speedup, exits_alone.flop_speedup) * 0.95
     moe = results["moe"]
-    impls = {"dense_ffn", "moe_dense", "moe_ragged", "moe_capacity"}
+    impls = {"dense_ffn", "moe_dense", "moe_ragged", "moe_capacity", "moe_tiled"}
     assert {c.name for c in moe.candidates} == impls
     assert any("pallas" in n for n in moe.notes) == (jax.default_backend() == "cpu")
 

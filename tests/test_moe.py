@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from elang_jax import data
 from elang_jax.models import BertConfig, BertForSequenceClassification, FeedForward
 from elang_jax.moe import (
     GateKind,
@@ -79,7 +80,7 @@ def _moe(config, impl, seed=0):
     return moe
 
 
-@pytest.mark.parametrize("impl", [MoEImpl.RAGGED, MoEImpl.CAPACITY, MoEImpl.PALLAS])
+@pytest.mark.parametrize("impl", [MoEImpl.RAGGED, MoEImpl.CAPACITY, MoEImpl.PALLAS, MoEImpl.TILED])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_implementations_match_dense_reference_forward_and_gradient(impl, name):
     config = CONFIGS[name].replace(block_rows=8)
@@ -256,21 +257,27 @@ def _tiny_bert():
     return BertForSequenceClassification(config, rngs=nnx.Rngs(0))
 
 
-class _Batch:
-    def __init__(self, rng):
-        self.input_ids = rng.randint(1, 50, (4, 9))
-        self.attention_mask = np.ones((4, 9), np.int32)
-        self.attention_mask[1, 6:] = 0
-        self.token_type_ids = np.zeros((4, 9), np.int32)
-        self.valid = np.array([True, True, True, False])
+def _batch(rng) -> data.Batch:
+    """A padded batch of 4 rows (the last one padding), as the data pipeline makes them."""
+    mask = np.ones((4, 9), np.int32)
+    mask[1, 6:] = 0
+    return data.Batch(
+        input_ids=rng.randint(1, 50, (4, 9)),
+        attention_mask=mask,
+        token_type_ids=np.zeros((4, 9), np.int32),
+        labels=rng.randint(0, 2, 4),
+        valid=np.array([True, True, True, False]),
+        index=np.array([0, 1, 2, -1]),
+    )
 
-    def logits(self, model):
-        return model(self.input_ids, self.attention_mask, self.token_type_ids).logits
+
+def _logits(model, batch: data.Batch):
+    return model(batch.input_ids, batch.attention_mask, batch.token_type_ids).logits
 
 
 @pytest.mark.parametrize("method", list(SplitMethod))
 def test_moefy_with_every_expert_equals_the_dense_model(method, rng):
-    model, batch = _tiny_bert(), _Batch(rng)
+    model, batch = _tiny_bert(), _batch(rng)
     inputs = collect_ffn_inputs(model, [batch, batch])
     assert len(inputs) == 2 and inputs[0].shape == (2 * (9 + 6 + 9), 32)
     config = MoEConfig(num_experts=4, top_k=4, impl=MoEImpl.CAPACITY)
@@ -285,19 +292,19 @@ def test_moefy_with_every_expert_equals_the_dense_model(method, rng):
     assert isinstance(model.encoder.layers[0].ffn, FeedForward)  # copy=True left it alone
     assert all(isinstance(layer.ffn, MoEFeedForward) for layer in moefied.encoder.layers)
     assert len(reports) == 2
-    assert_close(batch.logits(moefied), batch.logits(model))
+    assert_close(_logits(moefied, batch), _logits(model, batch))
 
 
 def test_moefy_in_place_and_errors(rng):
-    model, batch = _tiny_bert(), _Batch(rng)
-    dense_logits = batch.logits(model)
+    model, batch = _tiny_bert(), _batch(rng)
+    dense_logits = _logits(model, batch)
     with pytest.raises(ValueError, match="needs ffn_inputs"):
         moefy(model, MoEConfig(num_experts=4, top_k=2))
     with pytest.raises(ValueError, match="d_ff must be divisible"):
         moefy(model, MoEConfig(num_experts=5, top_k=2, router="centroid"))
     same, _ = moefy(model, MoEConfig(num_experts=4, top_k=1, router="centroid"))
     assert same is model and isinstance(model.encoder.layers[1].ffn, MoEFeedForward)
-    sparse_logits = batch.logits(model)
+    sparse_logits = _logits(model, batch)
     assert not np.allclose(np.asarray(sparse_logits), np.asarray(dense_logits))
     with pytest.raises(TypeError, match="not a dense FeedForward"):
         moefy(model, MoEConfig(num_experts=4, top_k=1, router="centroid"))
@@ -307,8 +314,7 @@ def test_calibrate_moefied_trains_all_but_the_routers(rng):
     from elang_jax import training
     from elang_jax.moe import calibrate_moefied
 
-    model, batch = _tiny_bert(), _Batch(rng)
-    batch.labels = rng.randint(0, 2, 4)
+    model, batch = _tiny_bert(), _batch(rng)
     inputs = collect_ffn_inputs(model, [batch])
     config = MoEConfig(num_experts=4, top_k=1, impl=MoEImpl.CAPACITY)
     moefy(
@@ -328,7 +334,7 @@ def test_calibrate_moefied_trains_all_but_the_routers(rng):
 
 
 def test_trainable_moe_in_a_backbone_sows_aux_losses(rng):
-    model, batch = _tiny_bert(), _Batch(rng)
+    model, batch = _tiny_bert(), _batch(rng)
     for layer in model.encoder.layers:
         layer.ffn = MoEFeedForward(
             32,
@@ -340,7 +346,7 @@ def test_trainable_moe_in_a_backbone_sows_aux_losses(rng):
         )
 
     def loss(model):
-        logits = batch.logits(model)
+        logits = _logits(model, batch)
         return jnp.mean(logits**2) + moe_aux_loss(model)
 
     value, grads = nnx.value_and_grad(loss)(model)

@@ -112,7 +112,7 @@ def test_degenerate_thresholds_equal_each_models_generate(setup, pool):
         assert out.tokens.dtype == jnp.int32 and out.tokens.shape == (B, NEW)
     # Thresholds are traced: three thresholds (and the default), one compilation.
     step(x)
-    assert step.jitted._cache_size() == 1
+    assert step.traces == 1
 
 
 def test_middle_threshold_routes_on_the_head_alone(setup, pool):

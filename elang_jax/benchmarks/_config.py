@@ -25,7 +25,7 @@ MODELS = ("minilm", "tiny")
 # cached checkpoint or an error. Never downloads. The MoE benchmark's FFN is always random.
 WEIGHTS = ("random", "auto", "pretrained")
 # `elang_jax.moe.MoEImpl` values, spelled out so that validating a config imports no MoE code.
-MOE_IMPLS = ("dense", "ragged", "capacity", "pallas")
+MOE_IMPLS = ("dense", "ragged", "capacity", "pallas", "tiled")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

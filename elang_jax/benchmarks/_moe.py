@@ -1,7 +1,8 @@
 """The dense FFN vs the MoE FFN at a share of experts active, each `MoEImpl`.
 
 Run by `elang-jax bench` and by eval/bench_moe.py (which may pass its own FFN and tokens:
-other widths, a fine-tuned model's FFN and the hidden states entering it). By default a
+other widths, a fine-tuned model's FFN and the hidden states entering it, or the demo's
+MoEfied Super with its trained routers: `demo_moefied`, `demo_ffn_inputs`). By default a
 random ReLU FFN of the backbone's width, split into experts by balanced k-means on its input weights
 (`SplitMethod.KMEANS`), each implementation built from it with the centroid-initialised
 MLP router, timed on the same random tokens, each timed call right after an untimed one
@@ -16,6 +17,8 @@ Shape vocabulary: n tokens, d width, f FFN width, e experts.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,6 +30,7 @@ from jaxtyping import Array, Float
 from elang_jax.benchmarks._config import BenchConfig
 from elang_jax.benchmarks._models import jit_module
 from elang_jax.benchmarks._result import BenchResult, make_result
+from elang_jax.checkpoints import cache_dir
 from elang_jax.flops import ffn_flops, moe_ffn_flops, router_flops
 from elang_jax.models import FeedForward
 from elang_jax.moe import MoEConfig, MoEFeedForward, MoEImpl, RouterKind, SplitMethod, split
@@ -65,11 +69,81 @@ def real_ffn_inputs(
     return ffn, inputs[:tokens]
 
 
+def _demo_paths(cache: str | os.PathLike[str] | None, task: str) -> tuple[Path, Path]:
+    root = Path(cache).expanduser() if cache is not None else cache_dir()
+    demo = root / "demo" / task if (root / "demo" / task).is_dir() else root
+    super_dir = demo / "super" / "final"
+    found = sorted((demo / "derived").glob("moe-*.npz"), key=lambda p: p.stat().st_mtime)
+    if not (super_dir / "config.json").is_file() or not found:
+        raise FileNotFoundError(
+            f"no MoEfied Super under {demo}: run `elang-jax demo` first (it caches Super in "
+            "super/final and its MoE experts and routers in derived/moe-*.npz)"
+        )
+    return super_dir, found[-1]
+
+
+def demo_moefied(
+    cache: str | os.PathLike[str] | None = None,
+    task: str = "sst2",
+    *,
+    top_k: int = 2,
+    impl: MoEImpl | str = MoEImpl.TILED,
+) -> tuple[nnx.Module, nnx.Module]:
+    """The demo's fine-tuned Super and its MoEfied copy, read from the demo cache.
+
+    Args:
+      cache: the cache root ($ELANG_JAX_CACHE or ~/.cache/elang_jax by default) or a demo
+        directory (`<root>/demo/<task>`); the newest `derived/moe-*.npz` is used.
+      task: the demo's task.
+      top_k: experts run per token.
+      impl: the MoE implementation of the copy.
+
+    Returns:
+      (Super, the MoEfied Super): every FFN a `MoEFeedForward` with the demo's experts and
+      trained MLP routers.
+    """
+    from elang_jax.hf import from_pretrained
+    from elang_jax.moe import ffn_sites
+
+    super_dir, params = _demo_paths(cache, task)
+    dense = from_pretrained(str(super_dir), head="sequence_classification")
+    moefied = from_pretrained(str(super_dir), head="sequence_classification")
+    with np.load(params) as saved:
+        for i, site in enumerate(ffn_sites(moefied)):
+            ffn = site.ffn
+            assert isinstance(ffn, FeedForward)  # a freshly loaded dense model
+            e = saved[f"ffns/{i}/w_in"].shape[0]
+            config = MoEConfig(num_experts=e, top_k=top_k, impl=impl, router=RouterKind.MLP)
+            moe = MoEFeedForward.from_dense(ffn, config)
+            for name, var in nnx.to_flat_state(nnx.state(moe, nnx.Param)):
+                var[...] = jnp.asarray(saved[f"ffns/{i}/{'/'.join(map(str, name))}"])
+            site.ffn = moe
+    return dense, moefied
+
+
+def demo_ffn_inputs(
+    model: nnx.Module, task: str = "sst2", tokenizer_dir: str | None = None
+) -> list[np.ndarray]:
+    """[N d] hidden states entering each FFN of `model` on the task's dev split (padding
+    removed), batches of 64 in the demo's length buckets."""
+    from elang_jax import data
+    from elang_jax.moe import collect_ffn_inputs
+
+    if tokenizer_dir is None:
+        raise ValueError("tokenizer_dir is required (the fine-tuned model's directory)")
+    tokenizer = data.load_tokenizer(tokenizer_dir)
+    dev = data.encode_glue(tokenizer, data.read_glue(task, "dev"), 64, truncate=True)
+    batches = data.iterate_batches(dev, 64, data.LengthBuckets((16, 32, 64)), shuffle=False)
+    return collect_ffn_inputs(model, batches)
+
+
 def bench_moe(
     config: BenchConfig,
     *,
     ffn: FeedForward | None = None,
     tokens: Float[Array | np.ndarray, "n d"] | None = None,
+    moe: MoEFeedForward | None = None,
+    result_name: str = "moe",
 ) -> BenchResult:
     """Times each MoE implementation against the dense FFN it was made from.
 
@@ -78,8 +152,13 @@ def bench_moe(
         backbone's widths unless overridden.
       ffn: the dense FFN to split (default `random_ffn` at the backbone's width).
       tokens: [n d] the FFN inputs (default `random_tokens(config.moe_tokens, d)`).
+      moe: an already MoEfied `ffn` (its experts and trained router, e.g. the demo's):
+        each implementation runs a copy of it instead of a k-means split of `ffn`.
+      result_name: the result's name.
     """
-    given = ",".join(name for name, v in (("ffn", ffn), ("tokens", tokens)) if v is not None)
+    given = ",".join(
+        name for name, v in (("ffn", ffn), ("tokens", tokens), ("moe", moe)) if v is not None
+    )
     if ffn is None:
         enc = config.encoder_config()
         ffn = random_ffn(enc.hidden_size, enc.intermediate_size, config.seed)
@@ -94,7 +173,14 @@ def bench_moe(
         raise ValueError(f"tokens must be [n {d}], got {x.shape}")
     n = int(x.shape[0])
     backend = jax.default_backend()
-    partition = split(SplitMethod.KMEANS, e, np.asarray(ffn.w_in.kernel[...]))
+    if moe is not None and (moe.config.num_experts, moe.config.top_k) != (e, k):
+        raise ValueError(
+            f"moe has {moe.config.num_experts} experts, top-{moe.config.top_k}; the config "
+            f"asks for {e}, top-{k}"
+        )
+    partition = (
+        None if moe is not None else split(SplitMethod.KMEANS, e, np.asarray(ffn.w_in.kernel[...]))
+    )
 
     def call(module, x):
         return module(x)
@@ -116,15 +202,21 @@ def bench_moe(
             )
         for name, moe_config in variants.items():
             try:
-                moe = MoEFeedForward.from_dense(ffn, moe_config, partition)
-                fn = jit_module(moe, call)
+                if moe is not None:
+                    layer = nnx.clone(moe)
+                    layer.config = moe.config.replace(
+                        impl=impl, capacity_factor=moe_config.capacity_factor
+                    )
+                else:
+                    layer = MoEFeedForward.from_dense(ffn, moe_config, partition)
+                fn = jit_module(layer, call)
                 jax.block_until_ready(fn(x))  # compile here, where a failure can be caught
-                out = moe.apply(x)
+                out = layer.apply(x)
             except Exception as err:  # noqa: BLE001 - a backend without this kernel skips it
                 notes.append(f"{name} failed on {backend}: {type(err).__name__}: {err}"[:300])
                 continue
             candidates[name] = lambda fn=fn: fn(x)
-            router_kind = RouterKind(moe_config.router).value
+            router_kind = RouterKind(layer.config.router).value
             sparse = moe_ffn_flops(n, d, d_ff, e, k, router=router_kind)
             router = router_flops(n, d, e, router_kind)
             # The DENSE implementation runs every expert and masks: it saves no FFN work.
@@ -150,7 +242,7 @@ def bench_moe(
     if given:  # what the caller supplied instead of the random FFN and tokens
         args.update(given=given, activation=ffn.activation)
     return make_result(
-        "moe",
+        result_name,
         timings,
         BASELINE,
         args,

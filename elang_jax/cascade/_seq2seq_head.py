@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jaxtyping import Array, ArrayLike, Bool, Float, Int
+from jaxtyping import ArrayLike, Bool, Float, Int
 
 from elang_jax.calibration import CalibrationTarget, OperatingPoint
 from elang_jax.cascade._operating_points import calibrate_thresholds

@@ -5,14 +5,17 @@ any backbone. Its implementation is chosen by `MoEImpl` (pure JAX by default); i
 `RouterKind`; its gate weighting by `GateKind`. `moefy` converts a dense model's FFNs into
 MoE FFNs (MoEfication: split neurons into experts with a `SplitMethod`, train MLP routers on
 hidden states from `collect_ffn_inputs`). `relu_copy` and `relufy_glue` ReLU-fy a GELU
-classifier first; `moefy_sweep` and `moefy_glue` score MoEfied copies over a grid.
+classifier first; `moefy_sweep` and `moefy_glue` score MoEfied copies over a grid;
+`expert_load` reports how each layer's tokens spread over its experts (why MoE is or is not
+fast on real data).
 """
 
 # MoEfication (_calibrate, _moefy, _split), the layer and its configuration (_config, _layer),
-# ReLU-fication (_relufy) and MoEfication sweeps (_sweep)
+# ReLU-fication (_relufy), MoEfication sweeps (_sweep) and the expert load report (_load)
 from elang_jax.moe._calibrate import calibrate_moefied
 from elang_jax.moe._config import GateKind, MoEConfig, MoEImpl, RouterKind
 from elang_jax.moe._layer import MoEFeedForward, MoEOutput, moe_aux_loss
+from elang_jax.moe._load import ExpertLoad, expert_load, format_expert_load
 from elang_jax.moe._moefy import (
     RouterTrainConfig,
     captured_mass,
@@ -26,6 +29,7 @@ from elang_jax.moe._split import SplitMethod, merge_experts, split
 from elang_jax.moe._sweep import SweepConfig, moefy_glue, moefy_sweep
 
 __all__ = [
+    "ExpertLoad",
     "GateKind",
     "MoEConfig",
     "MoEFeedForward",
@@ -38,7 +42,9 @@ __all__ = [
     "calibrate_moefied",
     "captured_mass",
     "collect_ffn_inputs",
+    "expert_load",
     "ffn_sites",
+    "format_expert_load",
     "merge_experts",
     "moe_aux_loss",
     "moefy",

@@ -1,4 +1,4 @@
-"""The four ways to run the selected experts, one function each, all with one signature.
+"""The five ways to run the selected experts, one function each, all with one signature.
 
 `run(x, expert_ids, gates, plan, weights, act, config)` returns sum_i gates[t, i] *
 expert_{ids[t, i]}(x[t]) for every token t (no output bias). Dropped assignments already
@@ -20,6 +20,7 @@ from jaxtyping import Array, Float, Int
 from elang_jax.kernels import moe_dispatch  # pyright: ignore[reportMissingImports]  # kernels/ via package-dir
 from elang_jax.moe._config import MoEConfig, MoEImpl
 from elang_jax.moe._routing import Plan
+from elang_jax.moe._tiled import tiled_pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,11 +119,19 @@ def _capacity_pass(
     # [m] -> [k n]: choice-major; one gather per choice, summed in a single fused loop
     # (materialising [k n d] first measured ~2 ms slower)
     slot = jnp.where(inside, slot, 0).reshape(k, n)
-    # [n k]
-    gates = (gates * inside.reshape(k, n).T).astype(yb.dtype)
-    y = jnp.take(yb, slot[0], axis=0) * gates[:, :1]
+    # [k n] -> [n k]
+    inside = inside.reshape(k, n).T
+    gates = (gates * inside).astype(yb.dtype)
+
+    def gathered(i: int) -> Float[Array, "n d"]:
+        # A select, not only the zero gate: slot 0 holds another token's row, and 0 * NaN
+        # would carry that token's non-finite values into this one's output.
+        row = jnp.take(yb, slot[i], axis=0) * gates[:, i : i + 1]
+        return jnp.where(inside[:, i : i + 1], row, 0)
+
+    y = gathered(0)
     for i in range(1, k):
-        y = y + jnp.take(yb, slot[i], axis=0) * gates[:, i : i + 1]
+        y = y + gathered(i)
     return y
 
 
@@ -168,11 +177,33 @@ def run_capacity(x, expert_ids, gates, plan: Plan, w: ExpertWeights, act: Act, c
     return y + extra
 
 
+def run_tiled(x, expert_ids, gates, plan: Plan, w: ExpertWeights, act: Act, config: MoEConfig):
+    """The CAPACITY main pass, then the assignments past it in tiles of T rows (dropless).
+
+    Every expert's first C0 assignments (`MoEConfig.tiled_sizes`, 0.75x the mean load)
+    run in the static [e c d] buffer of `_capacity_pass`; the rest, however skewed, run in the
+    tiles of `elang_jax.moe._tiled`, each expert on its own overflow only. With a
+    capacity factor C the assignments past C are not run (their gates are 0).
+    """
+    n = x.shape[0]
+    capacity = config.capacity(n)
+    main, tile = config.tiled_sizes(n)
+    if capacity is not None and capacity <= main:
+        return _capacity_pass(x, gates, plan, w, act, offset=0, capacity=capacity)
+    y = _capacity_pass(x, gates, plan, w, act, offset=0, capacity=main)
+    if main >= n:
+        return y
+    return tiled_pass(
+        x, gates, plan, w.w_in, w.b_in, w.w_out, act, y, offset=main, limit=capacity, tile=tile
+    )
+
+
 _IMPLS = {
     MoEImpl.DENSE: run_dense,
     MoEImpl.RAGGED: run_ragged,
     MoEImpl.CAPACITY: run_capacity,
     MoEImpl.PALLAS: run_pallas,
+    MoEImpl.TILED: run_tiled,
 }
 
 
