@@ -131,7 +131,7 @@ def test_sections_nest_merge_and_keep_the_flat_names_of_cache_keys():
         *("exit_train_examples", "exit_epochs", "exit_pooling", "exit_buckets"),
         *("acc_variant", "acc_targets", "compose_acc_targets", "compose_grid"),
         *("moe_experts", "moe_active", "moe_train_examples", "moe_max_tokens"),
-        *("moe_router_epochs", "seed", "progress"),
+        *("moe_router_epochs", "moe_impl", "seed", "progress"),
     }
     assert flat["train_buckets"] == [8, 16, 24, 32, 48, 64] and flat["eval_limit"] is None
     assert flat["compose_acc_targets"] == [1.25, 1.5, 1.75] and flat["exit_pooling"] == "mean"
@@ -361,6 +361,13 @@ def test_tiny_end_to_end(tokenizer_dir, tmp_path, fast_compile):
         assert (out / name).is_file()
     assert (out / "eval_file" / "results.json").is_file()
     assert any("Super" in line and "1.00" in line for line in lines)
+    # The MoE row's expert load on dev, per layer: shares of the assignments sum to 1.
+    loads = json.loads((out / "run.json").read_text())["diagnostics"][moe_row["method"]]
+    assert len(loads) == config.model_config.num_layers
+    for load in loads:
+        assert load["tokens"] > 0 and sum(load["shares"]) == pytest.approx(1.0)
+        assert load["busiest_share"] >= load["mean_share"] == pytest.approx(1 / 4)
+    assert any("busiest share" in line for line in lines)
     assert not result.finetune["super"]["cached"]
 
     # A second run reuses both models and the derived artefacts, and gets the same answers.

@@ -101,6 +101,7 @@ def test_moefy_sweep_scores_every_cell_and_all_experts_match_the_dense_model():
     assert results["total_s"] >= 0
 
 
+@pytest.mark.slow  # heavy; the default run keeps the suite under 12 minutes on 2 cores
 def test_moefy_sweep_with_calibration_and_a_capacity_factor():
     model = _tiny_bert("relu")
     train, dev, calib = _encoded(24, seed=2), _encoded(16, seed=3), _encoded(24, seed=4)

@@ -272,6 +272,7 @@ def test_bert_batch_invariance_and_order(lengths, seed, rate, variant):
         assert_close(alone[0][0], logits[r])
 
 
+@pytest.mark.slow  # heavy; the default run keeps the suite under 12 minutes on 2 cores
 def test_bert_pruned_forward_is_trainable(rng):
     model = _bert()
     ids, mask = _batch(rng, [10, 6], 12)

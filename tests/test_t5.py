@@ -255,6 +255,7 @@ def test_greedy_generation_matches_transformers(t5):
     np.testing.assert_array_equal(np.asarray(got), want)
 
 
+@pytest.mark.slow  # heavy; the default run keeps the suite under 12 minutes on 2 cores
 def test_greedy_eos_then_pad_through_split_jit_merge(t5_v1_1):
     _, hf, path, model = t5_v1_1
     ids, mask, _ = _inputs()

@@ -330,6 +330,7 @@ def test_final_model_loads_with_from_pretrained(tokenizer_dir, full_run):
     assert again["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # heavy; the default run keeps the suite under 12 minutes on 2 cores
 def test_holdout_difficulty_labels_and_dar_training(tokenizer_dir, tmp_path):
     """The CascadeBERT pipeline on a tiny run: held-out examples are never trained on,
     difficulty labels come from the run's own checkpoints, and the DAR loss trains."""

@@ -51,6 +51,9 @@ class Method:
       calibration: what calibration chose and scored on the calibration split (setting,
         accuracy, reference_accuracy, cost, target_met); empty for the reference rows. A
         builder given this dict as `known` skips calibrating and rebuilds from `setting`.
+      diagnose: `diagnose(batches) -> (text, json)`: what explains the row's speed on the
+        dev batches (the MoE row: each layer's expert load), printed and written with the
+        table; None when there is nothing to add.
     """
 
     name: str
@@ -58,6 +61,7 @@ class Method:
     forward: Callable[[data.Batch], Any]
     decode: Callable[[data.Batch, Any], RowStats]
     calibration: dict[str, Any] = dataclasses.field(default_factory=dict)
+    diagnose: Callable[[Sequence[data.Batch]], tuple[str, Any]] | None = None
 
 
 class Calibration:

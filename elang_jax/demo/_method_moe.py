@@ -51,7 +51,7 @@ def _moefied(
     base = moe.MoEConfig(
         num_experts=config.moe.experts,
         top_k=min(config.moe.top_k),
-        impl=moe.MoEImpl.CAPACITY,
+        impl=moe.MoEImpl(config.moe.impl),
         router=moe.RouterKind.MLP,
     )
     if cache.is_file():
@@ -105,9 +105,9 @@ def moefied(
     known: dict[str, Any] | None = None,
 ) -> Method:
     """Super MoEfied: every FFN split into `moe.experts` experts by balanced k-means on its
-    neurons, an MLP router per layer trained on FFN inputs of `fit`, run with the CAPACITY
-    implementation; the number of active experts is the cheapest of `moe.active` meeting
-    the target (one value: fixed)."""
+    neurons, an MLP router per layer trained on FFN inputs of `fit`, run with `moe.impl`;
+    the number of active experts is the cheapest of `moe.active` meeting the target (one
+    value: fixed). Its `diagnose` reports each layer's expert load."""
     model = _moefied(super_, fit, config, cache, progress)
     cfg = super_.config
     e = config.moe.experts
@@ -141,9 +141,15 @@ def moefied(
             np.stack(correct), np.asarray(cost), reference_correct, calib.target, config.moe.top_k
         )
         setting = {"experts": e, "active": int(op.setting), "split": "kmeans", "router": "mlp"}
-        known = summarize(op, {**setting, "impl": "capacity"}, config.calibration.epsilon)
+        known = summarize(op, setting, config.calibration.epsilon)
+    # The implementation changes the timing only: a cached outcome is reused under any.
+    known = {**known, "setting": {**known["setting"], "impl": config.moe.impl}}
     k = int(known["setting"]["active"])
     fn = with_top_k(k)
+
+    def diagnose(batches):
+        loads = moe.expert_load(model, batches)
+        return moe.format_expert_load(loads), [load.to_json() for load in loads]
 
     def decode(batch, logits):
         v = batch.valid
@@ -160,4 +166,5 @@ def moefied(
         forward=fn,
         decode=decode,
         calibration=known,
+        diagnose=diagnose,
     )

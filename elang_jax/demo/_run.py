@@ -106,7 +106,7 @@ def _calibration_key(config: DemoConfig, super_: FinetunedModel, swift: Finetune
     # the ones that only decide how results are timed or shown, or how a step packs its
     # buckets (an example's output never depends on its batch).
     ignore = {"preset", "cache_dir", "timing_rounds", "timing_batches", "eval_limit", "progress"}
-    ignore |= {"cascade_buckets", "exit_buckets"}
+    ignore |= {"cascade_buckets", "exit_buckets", "moe_impl"}
     # Flat field names (`flat_json`): caches keyed before the config had sections still match.
     settings = {k: v for k, v in config.flat_json().items() if k not in ignore}
     return fingerprint(
@@ -339,6 +339,9 @@ def _run(
 
     stages.begin(f"dev: evaluating and timing ({config.eval.timing_rounds} rounds)")
     rows = report_rows(config, methods, data_.dev, stages)
+    # What explains a row's speed (the MoE row: each layer's expert load on dev).
+    dev_batches = M.make_batches(data_.dev, config)
+    diagnostics = {m.name: m.diagnose(dev_batches) for m in methods if m.diagnose is not None}
     stages.end()
     eval_rows = None
     if data_.eval_file is not None:
@@ -356,6 +359,10 @@ def _run(
     if eval_rows is not None and data_.eval_file is not None:
         echo("")
         echo(format_table(eval_rows, f"{eval_file} ({len(data_.eval_file)} examples)"))
+    for name, (text, _) in diagnostics.items():
+        echo("")
+        echo(f"{name} on {config.task} dev:")
+        echo(text)
     seconds = time.perf_counter() - t0
     finetune_info = {
         k: dict(dev_accuracy=v.dev_accuracy, seconds=v.seconds, cached=v.cached)
@@ -375,6 +382,7 @@ def _run(
             device=device,
             calibration_examples=len(data_.calib),
             dev_examples=len(data_.dev),
+            diagnostics={name: js for name, (_, js) in diagnostics.items()},
         )
         path = out / "run.json"
         path.write_text(json.dumps(run, indent=2, default=str) + "\n")

@@ -231,7 +231,7 @@ class PruningSection:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class MoESection:
-    """MoEfication of Super (k-means expert split, MLP routers, CAPACITY implementation).
+    """MoEfication of Super (k-means expert split, MLP routers).
 
     Attributes:
       experts: experts per FFN.
@@ -240,6 +240,9 @@ class MoESection:
       train_examples: training examples whose FFN inputs train the routers.
       max_tokens: FFN inputs kept per layer for router training.
       router_epochs: router training epochs.
+      impl: the `elang_jax.moe.MoEImpl` that runs the experts ("tiled": dropless, cost
+        follows each expert's load). Every implementation gives the same outputs, so it
+        changes the timing only (and no cache key).
     """
 
     NAME: ClassVar[str] = "moe"
@@ -249,8 +252,13 @@ class MoESection:
     train_examples: int = 4000
     max_tokens: int = 40000
     router_epochs: int = 20
+    impl: str = "tiled"
 
     def __post_init__(self):
+        from elang_jax.moe import MoEImpl  # the demo's sections import nothing heavy eagerly
+
+        if self.impl not in {i.value for i in MoEImpl}:
+            raise _fail(self, "impl", f"must be one of {[i.value for i in MoEImpl]}")
         _as_tuple(self, "active")
         _at_least_one(self, "experts", "train_examples", "max_tokens", "router_epochs")
         if not self.active or any(not 0.0 < x <= 1.0 for x in self.active):
