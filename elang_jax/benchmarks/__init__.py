@@ -56,6 +56,13 @@ from elang_jax.benchmarks._eval_exits import (
     exit_curve,
     format_exits,
 )
+from elang_jax.benchmarks._eval_pair import (
+    PairEvalConfig,
+    evaluate_pair,
+    finetune_pair,
+    format_pair,
+    paired_batches,
+)
 from elang_jax.benchmarks._exits import bench_exits, threshold_for_depth
 from elang_jax.benchmarks._moe import bench_moe, random_ffn, random_tokens, real_ffn_inputs
 from elang_jax.benchmarks._report import format_table, suite_dict, write_json
@@ -98,6 +105,7 @@ __all__ = [
     "CalmEvalConfig",
     "CascadeEvalConfig",
     "ExitsEvalConfig",
+    "PairEvalConfig",
     "Gpt2PrefillConfig",
     "backbone_against_torch",
     "calm_sweep",
@@ -105,6 +113,9 @@ __all__ = [
     "evaluate_cascades",
     "evaluate_exits",
     "exit_curve",
+    "evaluate_pair",
+    "finetune_pair",
+    "paired_batches",
     "gpt2_prefill",
     "random_ffn",
     "random_tokens",
@@ -115,6 +126,7 @@ __all__ = [
     "format_calm",
     "format_cascades",
     "format_exits",
+    "format_pair",
     "format_gpt2_prefill",
     # Command line
     "add_bench_parser",

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from elang_jax.core import LayerFn, StackState
 from elang_jax.models._common import (
     FeedForward,
     KVCache,
@@ -286,6 +287,29 @@ class T5EncoderStack(nnx.Module):
     ) -> Float[Array, "b h t t"]:
         """Relative position bias plus padding mask, shared by every layer of the stack."""
         return self.relative_bias.self_attention_bias(attention_mask, positions, length)
+
+    def layer_fn(self, *, rngs: nnx.Rngs | None = None) -> LayerFn:
+        """This stack as the layer-stack runner's `LayerFn` (`elang_jax.core.run_stack`).
+        T5 is pre-norm: a layer's values are those of its normed input."""
+
+        def run(i: int, state: StackState, want_probs: bool, want_values: bool):
+            out = self.run_layers(
+                state.h,
+                state.mask,
+                i,
+                i + 1,
+                positions=state.positions,
+                output_attentions=want_probs,
+                rngs=rngs,
+            )
+            values = None
+            if want_values:
+                layer = self.layers[i]
+                values = layer.attention.values(layer.attention_norm(state.h))
+            probs = out.attentions[0] if out.attentions is not None else None
+            return out.last_hidden_state, probs, values
+
+        return run
 
     def run_layers(
         self,

@@ -118,27 +118,7 @@ def acc_t5_encode(
     model.check_inputs(input_ids, attention_mask)
     h = model.embed(input_ids, rngs=rngs)
 
-    def layer_fn(i, state, want_probs, want_values):
-        out = encoder.run_layers(
-            state.h,
-            state.mask,
-            i,
-            i + 1,
-            positions=state.positions,
-            output_attentions=want_probs,
-            rngs=rngs,
-        )
-        values = None
-        if want_values:
-            layer = encoder.layers[i]
-            values = layer.attention.values(layer.attention_norm(state.h))
-        probs = None
-        if want_probs:
-            assert out.attentions is not None  # requested with output_attentions
-            probs = out.attentions[0]
-        return out.last_hidden_state, probs, values
-
-    state, counts = _prune_stack(layer_fn, h, attention_mask, schedule)
+    state, counts = _prune_stack(encoder.layer_fn(rngs=rngs), h, attention_mask, schedule)
     return PrunedOutput(
         last_hidden_state=encoder.finish(state.h, rngs=rngs),
         attention_mask=state.mask,
