@@ -131,7 +131,8 @@ def test_sections_nest_merge_and_keep_the_flat_names_of_cache_keys():
         *("exit_train_examples", "exit_epochs", "exit_pooling", "exit_buckets"),
         *("acc_variant", "acc_targets", "compose_acc_targets", "compose_grid"),
         *("moe_experts", "moe_active", "moe_train_examples", "moe_max_tokens"),
-        *("moe_router_epochs", "moe_impl", "seed", "progress"),
+        *("moe_router_epochs", "moe_calibration_steps", "moe_calibration_lr", "moe_impl"),
+        *("seed", "progress"),
     }
     assert flat["train_buckets"] == [8, 16, 24, 32, 48, 64] and flat["eval_limit"] is None
     assert flat["compose_acc_targets"] == [1.25, 1.5, 1.75] and flat["exit_pooling"] == "mean"

@@ -303,7 +303,7 @@ QUICK: Mapping[str, Any] = dict(
     exits=dict(train_examples=800, epochs=2.0, exit_buckets=4),
     pruning=dict(acc_targets=(1.5, 2.0)),
     compose=dict(acc_targets=(1.5,), grid=12),
-    moe=dict(train_examples=400, max_tokens=8000, router_epochs=5),
+    moe=dict(train_examples=400, max_tokens=8000, router_epochs=5, calibration_steps=25),
 )
 
 # The tiny preset for tests (`DemoConfig.tiny` adds the tokenizer directory).
@@ -325,5 +325,12 @@ TINY: Mapping[str, Any] = dict(
     exits=dict(train_examples=32, epochs=1.0, exit_buckets=2),
     pruning=dict(acc_targets=(1.5,)),
     compose=dict(acc_targets=(1.5,), grid=4),
-    moe=dict(experts=4, active=(0.5,), train_examples=16, max_tokens=256, router_epochs=1),
+    moe=dict(
+        experts=4,
+        active=(0.5,),
+        train_examples=16,
+        max_tokens=256,
+        router_epochs=1,
+        calibration_steps=2,
+    ),
 )

@@ -5,6 +5,7 @@ Shape vocabulary: n examples, v valid rows of a batch.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Bool
 
-from elang_jax import data, flops, moe
+from elang_jax import data, flops, moe, training
 from elang_jax.calibration import calibrate
 from elang_jax.demo._config import DemoConfig
 from elang_jax.demo._method import (
@@ -46,6 +47,7 @@ def _moefied(
     fit: data.Encoded,
     config: DemoConfig,
     cache: Path,
+    finetune: training.FinetuneConfig,
     progress: Callable[[str], None],
 ) -> nnx.Module:
     base = moe.MoEConfig(
@@ -61,7 +63,7 @@ def _moefied(
             dense = site.ffn
             assert isinstance(dense, FeedForward)  # a clone of the dense Super
             site.ffn = moe.MoEFeedForward.from_dense(dense, base)
-        if load_params(_MoEFFNs(model), cache):
+        if load_params(_cached_part(model, config), cache):
             return model
     progress("collecting FFN inputs")
     batches = make_batches(fit, config)
@@ -84,8 +86,27 @@ def _moefied(
         seed=config.seed,
         copy=True,
     )
-    save_params(_MoEFFNs(model), cache)
+    steps = config.moe.calibration_steps
+    if steps:
+        progress(f"parameter calibration ({steps} steps, routers frozen)")
+        ft = finetune.replace(learning_rate=config.moe.calibration_lr, warmup_ratio=0.1)
+        buckets = data.LengthBuckets(config.finetune.buckets)
+        batches = []
+        for epoch in itertools.count():
+            batches += data.iterate_batches(
+                fit, ft.batch_size, buckets, shuffle=True, seed=config.seed, epoch=epoch
+            )
+            if len(batches) >= steps:
+                break
+        moe.calibrate_moefied(model, batches[:steps], steps, ft, seed=config.seed)
+    save_params(_cached_part(model, config), cache)
     return model
+
+
+def _cached_part(model: nnx.Module, config: DemoConfig) -> nnx.Module:
+    """What the cache file holds: the MoE FFNs, or the whole model once calibration has
+    fine-tuned every parameter but the routers."""
+    return model if config.moe.calibration_steps else _MoEFFNs(model)
 
 
 class _MoEFFNs(nnx.Module):
@@ -101,14 +122,17 @@ def moefied(
     calib: Calibration,
     config: DemoConfig,
     cache: Path,
+    finetune: training.FinetuneConfig,
     progress: Callable[[str], None] = lambda _: None,
     known: dict[str, Any] | None = None,
 ) -> Method:
     """Super MoEfied: every FFN split into `moe.experts` experts by balanced k-means on its
-    neurons, an MLP router per layer trained on FFN inputs of `fit`, run with `moe.impl`;
-    the number of active experts is the cheapest of `moe.active` meeting the target (one
-    value: fixed). Its `diagnose` reports each layer's expert load."""
-    model = _moefied(super_, fit, config, cache, progress)
+    neurons, an MLP router per layer trained on FFN inputs of `fit`, then (with
+    `moe.calibration_steps`) every parameter but the routers fine-tuned on `fit` under
+    Super's fine-tuning settings (`finetune`); run with `moe.impl`. The number of active
+    experts is the cheapest of `moe.active` meeting the target (one value: fixed). Its
+    `diagnose` reports each layer's expert load."""
+    model = _moefied(super_, fit, config, cache, finetune, progress)
     cfg = super_.config
     e = config.moe.experts
     sites = moe.ffn_sites(model)

@@ -23,6 +23,7 @@ from elang_jax.demo._models import (
     base_checkpoint,
     file_identity,
     finetune,
+    finetune_config,
     fingerprint,
     load_tokenizer,
 )
@@ -191,6 +192,12 @@ def build_methods(
         config.moe.experts,
         min(config.moe.top_k),
         config.moe.router_epochs,
+        # Only with calibration, so that caches made before it existed keep their key.
+        *(
+            (config.moe.calibration_steps, config.moe.calibration_lr, config.finetune.batch_size)
+            if config.moe.calibration_steps
+            else ()
+        ),
     )
     built["moe"] = M.moefied(
         super_.model,
@@ -198,6 +205,7 @@ def build_methods(
         calib,
         config,
         derived / f"moe-{moe_key}.npz",
+        finetune_config(config, "super", base_checkpoint(config)),
         progress=lambda s: stages.note(f"MoE: {s}"),
         known=known.get("moe"),
     )
