@@ -109,15 +109,21 @@ def demo_moefied(
     dense = from_pretrained(str(super_dir), head="sequence_classification")
     moefied = from_pretrained(str(super_dir), head="sequence_classification")
     with np.load(params) as saved:
-        for i, site in enumerate(ffn_sites(moefied)):
-            ffn = site.ffn
-            assert isinstance(ffn, FeedForward)  # a freshly loaded dense model
-            e = saved[f"ffns/{i}/w_in"].shape[0]
-            config = MoEConfig(num_experts=e, top_k=top_k, impl=impl, router=RouterKind.MLP)
-            moe = MoEFeedForward.from_dense(ffn, config)
-            for name, var in nnx.to_flat_state(nnx.state(moe, nnx.Param)):
-                var[...] = jnp.asarray(saved[f"ffns/{i}/{'/'.join(map(str, name))}"])
-            site.ffn = moe
+        arrays = dict(saved)
+    # The demo caches the MoE FFNs alone ("ffns/<i>/..."), or the whole model once MoEfication's
+    # parameter calibration has fine-tuned every parameter but the routers.
+    whole = "ffns/0/w_in" not in arrays
+    prefix = "encoder/layers/{}/ffn/" if whole else "ffns/{}/"
+    for i, site in enumerate(ffn_sites(moefied)):
+        ffn = site.ffn
+        assert isinstance(ffn, FeedForward)  # a freshly loaded dense model
+        e = arrays[prefix.format(i) + "w_in"].shape[0]
+        config = MoEConfig(num_experts=e, top_k=top_k, impl=impl, router=RouterKind.MLP)
+        site.ffn = MoEFeedForward.from_dense(ffn, config)
+    target = moefied if whole else nnx.List([site.ffn for site in ffn_sites(moefied)])
+    for name, var in nnx.to_flat_state(nnx.state(target, nnx.Param)):
+        key = "/".join(map(str, name))
+        var[...] = jnp.asarray(arrays[key if whole else f"ffns/{key}"])
     return dense, moefied
 
 
