@@ -339,12 +339,14 @@ def train_and_evaluate(
                 out_of_time = deadline is not None and time.monotonic() > deadline
                 if state.step % config.log_every == 0 or state.step == end_step or out_of_time:
                     # float() waits for the device: only here, so that the host prepares the
-                    # next batches while the device computes.
+                    # next batches while the device computes. The window's time is read after
+                    # that wait, or it would measure dispatch rather than compute.
+                    means = _window_means(window)
                     elapsed = time.perf_counter() - window_start
                     record = {
                         "step": state.step,
                         "epoch": round(state.step / batches_per_epoch, 4),
-                        **_window_means(window),
+                        **means,
                         "lr": float(np.asarray(schedule(state.step - 1))),
                         "grad_norm": float(step_metrics["grad_norm"]),
                         "examples_per_s": window_examples / max(elapsed, 1e-9),

@@ -1,0 +1,130 @@
+"""The pair experiment (eval/pair_sst2.py, `elang_jax.benchmarks.evaluate_pair`): its config,
+per-tier batches, and one end-to-end run of the `tiny` preset on tiny random models, each
+tier with its own real tokenizer (MPNet's for Super, MiniLM's for Swift)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from elang_jax import benchmarks as B
+from elang_jax import data as D
+from elang_jax import jsonio
+from elang_jax.benchmarks._eval_pair import (
+    PAIR_METHODS,
+    SUPER_ROW,
+    SWIFT_ROW,
+    finetune_configs,
+    goals,
+)
+from elang_jax.benchmarks._pair_models import PairModel, adopt_finished
+from elang_jax.models import BertConfig
+
+
+@pytest.fixture
+def fast_compile():
+    # Compiling dominates a run on tiny models; XLA's optimisations buy nothing there.
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
+def test_config_validation(minilm_dir):
+    with pytest.raises(ValueError, match="batch_size"):
+        B.PairEvalConfig(batch_size=0)
+    with pytest.raises(ValueError, match="eval_buckets"):
+        B.PairEvalConfig(eval_buckets=(16, 32))  # max_length 64 does not fit
+    with pytest.raises(ValueError, match="sentence-pair"):
+        B.PairEvalConfig(task="mrpc")
+    with pytest.raises(ValueError, match="not both"):
+        PairModel(model_dir="x", model_config=BertConfig.tiny())
+    with pytest.raises(ValueError, match="learning_rate"):
+        B.PairEvalConfig.full(super_recipe={"learning_rate": 0.0})
+    full = B.PairEvalConfig.full(super_recipe={"train_examples": 4000})
+    assert full.super_.finetune.train_examples == 4000 and full.swift.num_layers is None
+    assert full.cache_path.parts[-2:] == ("pair", "sst2")
+    tiny = B.PairEvalConfig.tiny(minilm_dir, minilm_dir, cache_dir="/tmp/x")
+    layers = [m.model_config.num_layers for m in (tiny.super_, tiny.swift) if m.model_config]
+    assert layers == [2, 1]
+
+
+def test_paired_batches_hold_the_same_rows(minilm_dir, mpnet_dir):
+    examples = D.select_examples(D.read_glue("sst2", "dev"), np.arange(37))
+    enc = {
+        "super": D.encode_glue(D.load_tokenizer(mpnet_dir), examples, 64, truncate=True),
+        "swift": D.encode_glue(D.load_tokenizer(minilm_dir), examples, 64, truncate=True),
+    }
+    batches = B.paired_batches(enc, "super", 16, D.LengthBuckets((16, 32, 64)))
+    assert len(batches) == 3
+    seen = []
+    for b in batches:
+        sup, sw = b["super"], b["swift"]
+        np.testing.assert_array_equal(sup.index, sw.index)
+        np.testing.assert_array_equal(sup.valid, sw.valid)
+        np.testing.assert_array_equal(sup.labels, sw.labels)
+        for k, e in enc.items():
+            for r, i in enumerate(b[k].index[b[k].valid]):
+                n = int(e.lengths[i])
+                np.testing.assert_array_equal(b[k].input_ids[r, :n], e.input_ids[i])
+                assert b[k].attention_mask[r].sum() == n
+        seen.extend(sup.index[sup.valid].tolist())
+    assert sorted(seen) == list(range(37))
+
+
+def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
+    config = B.PairEvalConfig.tiny(mpnet_dir, minilm_dir, cache_dir=str(tmp_path / "cache"))
+    result = B.evaluate_pair(config)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == [SUPER_ROW, SWIFT_ROW, *(name for name, _ in PAIR_METHODS)]
+    labels = np.asarray(result["dev_labels"])
+    assert result["dev_examples"] == len(labels) == config.eval_limit
+    assert result["calib_examples"] == config.calibration.holdout
+    for name, r in rows.items():
+        pred = np.asarray(result["predictions"][name])
+        assert pred.shape == labels.shape
+        assert r["accuracy"] == pytest.approx(float((pred == labels).mean()))
+        assert 0.0 <= r["to_super"] <= 1.0
+        assert r["measured_speedup"] > 0 and r["pass_ms"] > 0
+    assert rows[SUPER_ROW]["flop_speedup"] == 1.0 and rows[SUPER_ROW]["to_super"] == 1.0
+    # Swift is the 1-layer model: cheaper than Super and than every cascade.
+    assert rows[SWIFT_ROW]["flop_speedup"] > 1.5
+    for name, _ in PAIR_METHODS:
+        r = rows[name]
+        # A cascade pays Swift on everything and Super on the escalated share.
+        assert rows[SWIFT_ROW]["flop_speedup"] >= r["flop_speedup"] > 0
+        if r["to_super"] < 1.0:
+            assert r["flop_speedup"] > 1.0
+        assert r["offline_agreement"] == 1.0
+        assert r["measured_over_flop"] == pytest.approx(r["measured_speedup"] / r["flop_speedup"])
+        assert 0.0 <= r["calib_accuracy"] <= 1.0 and isinstance(r["target_met"], bool)
+    for role in ("super", "swift"):
+        f = result["finetune"][role]
+        assert not f["cached"] and f["seconds"] > 0 and f["steps"] == 3
+        assert f["train_seconds"] == pytest.approx(f["seconds"])
+    assert set(result["goals"]) >= {"accuracy_drop_met", "measured_speedup_met"}
+    assert result["goals"] == goals(result["rows"])
+    table = B.format_pair(result)
+    assert "E-LANG energy" in table and "goals" in table and "fine-tuned now" in table
+
+    path = tmp_path / "pair.json"
+    jsonio.write_json(result, path)
+    saved = json.loads(path.read_text())
+    assert saved["args"]["super_"]["finetune"]["learning_rate"] == 1e-3
+    assert len(saved["predictions"][SUPER_ROW]) == config.eval_limit
+
+    # A second run loads both models from the cache.
+    models = B.finetune_pair(config)
+    assert models["super"].cached and models["swift"].cached
+    assert models["super"].dev_accuracy == result["finetune"]["super"]["dev_accuracy"]
+
+    # A finished run of the same recipe is adopted; one of another recipe is not.
+    ft = finetune_configs(config)["swift"]
+    source = tmp_path / "cache" / "swift"
+    assert adopt_finished(source, tmp_path / "adopted", ft)
+    assert (tmp_path / "adopted" / "final" / "config.json").is_file()
+    assert not adopt_finished(source, tmp_path / "other", ft.replace(learning_rate=1.0))
+    assert not (tmp_path / "other").exists()
