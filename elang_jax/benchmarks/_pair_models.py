@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -192,17 +191,6 @@ def _train_seconds(workdir: Path) -> float:
     return float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
 
 
-def finished(workdir: Path, ft: training.FinetuneConfig) -> dict[str, Any] | None:
-    """The final metrics of a finished run with the same settings in `workdir`, else None."""
-    if training.stored_run_settings(workdir) != training.run_settings(ft):
-        return None
-    # The "final" record is written after final/ is complete: it marks a finished run.
-    finals = [r for r in _records(workdir) if r.get("final")]
-    if not finals or not (workdir / FINAL_DIR / "config.json").is_file():
-        return None
-    return finals[-1]
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -267,22 +255,12 @@ def finetune(
     from elang_jax.data import load_tokenizer
     from elang_jax.hf import from_pretrained
 
-    done = finished(workdir, ft)
-    if done is None and adopt is not None and adopt_finished(Path(adopt), workdir, ft):
-        done = finished(workdir, ft)
-    seconds, cached = 0.0, done is not None
-    if done is None:
-        t0 = time.perf_counter()
-        try:
-            done = training.train_and_evaluate(ft, workdir)
-        except ValueError as e:
-            if "different settings" in str(e):
-                raise ValueError(
-                    f"{workdir} holds a {name} model fine-tuned with other settings: use "
-                    f"another cache_dir, or delete that directory ({e})"
-                ) from None
-            raise
-        seconds = time.perf_counter() - t0
+    if adopt is not None and training.finished_run(workdir, ft) is None:
+        adopt_finished(Path(adopt), workdir, ft)
+    done, seconds, cached = training.train_or_reuse(
+        ft, workdir, name=name, remedy="another cache_dir"
+    )
+    if not cached:
         total = _train_seconds(workdir) + seconds
         (workdir / SECONDS_FILE).write_text(json.dumps({"seconds": total}))
     model = from_pretrained(workdir / FINAL_DIR, head="sequence_classification")

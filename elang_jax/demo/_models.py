@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -100,40 +99,15 @@ def finetune_config(config: DemoConfig, name: str, base: str | None) -> training
     )
 
 
-def _finished(workdir: Path, ft: training.FinetuneConfig) -> dict[str, Any] | None:
-    """The final metrics of a finished run with the same settings in `workdir`, else None."""
-    metrics_file = workdir / "metrics.jsonl"
-    if not metrics_file.is_file():
-        return None
-    if training.stored_run_settings(workdir) != training.run_settings(ft):
-        return None
-    # The "final" record is written after final/ is complete: it marks a finished run.
-    finals = [r for r in map(json.loads, metrics_file.read_text().splitlines()) if r.get("final")]
-    if not finals or not (workdir / "final" / "config.json").is_file():
-        return None
-    return finals[-1]
-
-
 def finetune(config: DemoConfig, name: str, base: str | None) -> FinetunedModel:
     """Fine-tunes model `name`, or loads it from the cache when a finished run matches."""
     from elang_jax.hf import from_pretrained
 
     ft = finetune_config(config, name, base)
     workdir = config.cache_path / name
-    done = _finished(workdir, ft)
-    seconds, cached = 0.0, done is not None
-    if done is None:
-        t0 = time.perf_counter()
-        try:
-            done = training.train_and_evaluate(ft, workdir)
-        except ValueError as e:
-            if "different settings" in str(e):
-                raise DemoError(
-                    f"{workdir} holds a {name} model fine-tuned with other settings: use "
-                    f"another --cache-dir, or delete that directory ({e})"
-                ) from None
-            raise
-        seconds = time.perf_counter() - t0
+    done, seconds, cached = training.train_or_reuse(
+        ft, workdir, name=name, remedy="another --cache-dir", error=DemoError
+    )
     model = from_pretrained(workdir / "final", head="sequence_classification")
     assert isinstance(model, BertForSequenceClassification)
     return FinetunedModel(

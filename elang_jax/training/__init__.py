@@ -51,6 +51,9 @@ from elang_jax.training._hooks import (
 # Optimizer.
 from elang_jax.training._optim import learning_rate_schedule, make_optimizer, weight_decay_mask
 
+# Fine-tuned runs reused from a cache directory.
+from elang_jax.training._reuse import finished_run, train_or_reuse
+
 # Train step.
 from elang_jax.training._step import make_train_step
 
@@ -78,7 +81,9 @@ __all__ = [
     "learning_rate_schedule",
     "make_optimizer",
     "make_train_step",
+    "finished_run",
     "run_settings",
+    "train_or_reuse",
     "stored_run_settings",
     "train_and_evaluate",
     "weight_decay_mask",
