@@ -10,6 +10,7 @@ Shape vocabulary, used in every signature (jaxtyping), shape comment and einsum:
   n  rows or tokens kept in a bucket / after pruning          m  new tokens, or examples
   x  exits                  e  experts                        K  cascade tiers
   l1 embeddings plus layers (exit feature history)
+  shards  data shards of a data-parallel step
 """
 
 from elang_jax._version import __version__
@@ -64,6 +65,20 @@ from elang_jax.pruning import AccConfig, KeepSchedule, acc_classify, acc_scores,
 # Routing scores and calibration
 from elang_jax.routing import Score, energy_score, score
 
+# Scale-out through jax.sharding: one mesh, one logical-axis rules table
+from elang_jax.sharding import make_mesh, param_shardings, shard_model
+
+# Speculative decoding: LayerSkip self-speculation, Swift-to-Super speculative cascades
+from elang_jax.speculative import (
+    CascadeConfig,
+    LayerSkipConfig,
+    SpeculativeConfig,
+    SpeculativeOutput,
+    speculative_cascade_gpt2,
+    speculative_generate_gpt2,
+    speculative_generate_t5,
+)
+
 __all__ = [
     "AccConfig",
     "BertConfig",
@@ -72,6 +87,7 @@ __all__ = [
     "BertModel",
     "CalibrationTarget",
     "Cascade",
+    "CascadeConfig",
     "CascadeOutput",
     "CheckpointMismatchError",
     "ClassifierOutput",
@@ -87,6 +103,7 @@ __all__ = [
     "GPT2Model",
     "KeepSchedule",
     "LMOutput",
+    "LayerSkipConfig",
     "MoEConfig",
     "MoEFeedForward",
     "MoEImpl",
@@ -95,6 +112,8 @@ __all__ = [
     "OperatingPoint",
     "Score",
     "Seq2SeqCascadeConfig",
+    "SpeculativeConfig",
+    "SpeculativeOutput",
     "T5Config",
     "T5EncoderModel",
     "T5ForConditionalGeneration",
@@ -108,9 +127,15 @@ __all__ = [
     "energy_score",
     "fit_temperature",
     "from_pretrained",
+    "make_mesh",
     "moefy",
+    "param_shardings",
     "save_pretrained",
     "score",
+    "shard_model",
+    "speculative_cascade_gpt2",
+    "speculative_generate_gpt2",
+    "speculative_generate_t5",
     "tune_schedule",
     "__version__",
 ]

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any
 
 from elang_jax import benchmarks as B
 from elang_jax import jsonio
+from elang_jax.demo import FinetuneSection
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,13 +29,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--swift-from", default=None, help="a finished demo Super run to adopt")
     p.add_argument("--super-train-examples", type=int, default=None)
     p.add_argument("--super-lr", type=float, default=None, help="Super's peak learning rate")
+    p.add_argument(
+        "--swift-distill",
+        action="store_true",
+        help="distil the Swift from the fine-tuned Super (soft labels on its training set)",
+    )
+    p.add_argument(
+        "--swift-train-examples",
+        type=int,
+        default=None,
+        help="a distilled Swift's training examples (default 32000)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="evaluation and timing batch")
     p.add_argument("--eval-limit", type=int, default=None, help="first N dev examples")
     p.add_argument(
         "--cascade-buckets",
         type=int,
-        default=4,
-        help="escalated rows packed into buckets of b/n, 2b/n, ..., b rows (the demo's 4)",
+        default=8,
+        help="escalated rows packed into buckets of b/n, 2b/n, ..., b rows (measured/FLOP "
+        "0.95 with 8 against 0.78 with the demo's 4, on this pair)",
     )
     p.add_argument("--timing-rounds", type=int, default=3)
     p.add_argument("--timing-batches", type=int, default=None, help="default: every batch")
@@ -50,6 +64,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         if v is not None
     }
+    swift: dict[str, Any] = {}
+    if args.swift_distill:
+        swift = dict(
+            swift=B.PairModel(
+                finetune=FinetuneSection(train_examples=args.swift_train_examples or 32000),
+                distill=B.Distill(),
+            )
+        )
+    elif args.swift_train_examples is not None:
+        p.error("--swift-train-examples goes with --swift-distill")
     config = B.PairEvalConfig.full(
         cache_dir=args.cache_dir,
         swift_from=args.swift_from,
@@ -59,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         cascade_buckets=args.cascade_buckets,
         timing_rounds=args.timing_rounds,
         timing_batches=args.timing_batches,
+        **swift,
     )
     models = B.finetune_pair(config)
     if args.finetune_only:

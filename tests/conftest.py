@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Eight CPU devices for the sharding tests (read when the backend starts, so before any
+# computation). Unsharded code runs on device 0 as before; forced devices share the cores.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 
 import jax
 import numpy as np

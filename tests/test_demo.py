@@ -241,6 +241,25 @@ def test_cli_reports_a_missing_eval_file(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
+def test_pair_flag(tmp_path, capsys):
+    """`demo --pair`: the large pair's config from the flags; SST-2 only, said before any
+    download; a missing --eval-file is named before any fine-tuning."""
+    from elang_jax.demo._pair import DISTILLED_SWIFT, pair_config
+
+    args = build_parser().parse_args(["demo", "--pair", "--cache-dir", str(tmp_path)])
+    assert args.pair
+    config = pair_config(cache_dir=args.cache_dir)
+    assert config.cache_path == tmp_path and config.swift == DISTILLED_SWIFT
+    assert config.peers and config.guarantee_delta is not None and config.cascadebert
+    quick = pair_config(quick=True, timing_rounds=2)
+    assert quick.eval_limit == 128 and quick.timing_rounds == 2 and not quick.peers
+    assert main(["demo", "--pair", "--task", "mrpc", "--cache-dir", str(tmp_path)]) == 2
+    assert "--pair runs SST-2 only" in capsys.readouterr().err
+    missing = str(tmp_path / "nope.tsv")
+    assert main(["demo", "--pair", "--cache-dir", str(tmp_path), "--eval-file", missing]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------
 # Library pieces the demo relies on
 

@@ -13,14 +13,10 @@ import pytest
 from elang_jax import benchmarks as B
 from elang_jax import data as D
 from elang_jax import jsonio
-from elang_jax.benchmarks._eval_pair import (
-    PAIR_METHODS,
-    SUPER_ROW,
-    SWIFT_ROW,
-    finetune_configs,
-    goals,
-)
+from elang_jax.benchmarks._eval_pair import SUPER_ROW, SWIFT_ROW, goals
+from elang_jax.benchmarks._pair_finetune import finetune_configs
 from elang_jax.benchmarks._pair_models import PairModel, adopt_finished
+from elang_jax.demo._pair import run_pair_demo
 from elang_jax.models import BertConfig
 
 
@@ -52,6 +48,26 @@ def test_config_validation(minilm_dir):
     assert layers == [2, 1]
 
 
+def test_methods_and_targets(minilm_dir, mpnet_dir):
+    config = B.PairEvalConfig.tiny(mpnet_dir, minilm_dir, guarantee_delta=0.1)
+    names = [m.name for m in config.methods]
+    assert len(names) == len(set(names)) == 10
+    assert "E-LANG energy" in names and "CascadeBERT with DAR (guarantee)" in names
+    guarantee = config.target_for("guarantee")
+    assert guarantee.objective == "guarantee" and guarantee.delta == 0.1
+    assert guarantee.epsilon == config.calibration.epsilon == config.target.epsilon
+    assert config.replace(cascadebert=False, guarantee_delta=None).methods == B.BASE_METHODS
+    # CascadeBERT's rows run the plain recipe: without distillation, the Swift's own.
+    assert config.spec("swift_dar") == config.spec("swift_ce") == config.swift
+    distilled = config.replace(swift=PairModel(distill=B.Distill(alpha=0.3)))
+    assert distilled.spec("swift").distill == B.Distill(alpha=0.3)
+    assert distilled.spec("swift_ce").distill is None
+    with pytest.raises(ValueError, match="guarantee_delta must lie in"):
+        config.replace(guarantee_delta=1.0)
+    with pytest.raises(ValueError, match="distill.alpha must be in"):
+        B.Distill(alpha=2.0)
+
+
 def test_paired_batches_hold_the_same_rows(minilm_dir, mpnet_dir):
     examples = D.select_examples(D.read_glue("sst2", "dev"), np.arange(37))
     enc = {
@@ -77,9 +93,20 @@ def test_paired_batches_hold_the_same_rows(minilm_dir, mpnet_dir):
 
 def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     config = B.PairEvalConfig.tiny(mpnet_dir, minilm_dir, cache_dir=str(tmp_path / "cache"))
-    result = B.evaluate_pair(config)
+    # Through the pair demo (`elang-jax demo --pair`): evaluate_pair, tables, files.
+    printed: list[str] = []
+    result = run_pair_demo(config, out_dir=tmp_path / "out", echo=printed.append)
+    for name in ("results.json", "results.csv", "frontier.png", "pair.json"):
+        assert (tmp_path / "out" / name).is_file(), name
+    demo_rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["method"] for r in demo_rows] == [r["method"] for r in result["rows"]]
+    assert any("E-LANG energy" in line for line in printed)
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == [SUPER_ROW, SWIFT_ROW, *(name for name, _ in PAIR_METHODS)]
+    methods = config.methods
+    assert list(rows) == [SUPER_ROW, SWIFT_ROW, *(m.name for m in methods)]
+    # Every score; CascadeBERT with and without DAR.
+    assert {m.score for m in methods} == {"energy", "softmax_lse", "max_prob"}
+    assert {m.swift for m in methods} == {"swift", "swift_ce", "swift_dar"}
     labels = np.asarray(result["dev_labels"])
     assert result["dev_examples"] == len(labels) == config.eval_limit
     assert result["calib_examples"] == config.calibration.holdout
@@ -92,8 +119,8 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     assert rows[SUPER_ROW]["flop_speedup"] == 1.0 and rows[SUPER_ROW]["to_super"] == 1.0
     # Swift is the 1-layer model: cheaper than Super and than every cascade.
     assert rows[SWIFT_ROW]["flop_speedup"] > 1.5
-    for name, _ in PAIR_METHODS:
-        r = rows[name]
+    for m in methods:
+        r = rows[m.name]
         # A cascade pays Swift on everything and Super on the escalated share.
         assert rows[SWIFT_ROW]["flop_speedup"] >= r["flop_speedup"] > 0
         if r["to_super"] < 1.0:
@@ -101,10 +128,21 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
         assert r["offline_agreement"] == 1.0
         assert r["measured_over_flop"] == pytest.approx(r["measured_speedup"] / r["flop_speedup"])
         assert 0.0 <= r["calib_accuracy"] <= 1.0 and isinstance(r["target_met"], bool)
-    for role in ("super", "swift"):
+    assert list(result["finetune"]) == ["super", "swift", "swift_ce", "swift_dar"]
+    # Without distillation CascadeBERT's plain Swift is the Swift; the DAR one is trained.
+    assert result["finetune"]["swift_ce"] == result["finetune"]["swift"]
+    for role in ("super", "swift", "swift_dar"):
         f = result["finetune"][role]
         assert not f["cached"] and f["seconds"] > 0 and f["steps"] == 3
         assert f["train_seconds"] == pytest.approx(f["seconds"])
+    # The PyTorch peers ran the same checkpoints at the first method's routing.
+    assert set(result["peers"]) == {
+        "PyTorch TangoBERT re-batching",
+        "PyTorch batch 1 (E-LANG code)",
+    }
+    for p in result["peers"].values():
+        assert p["routing_of"] == methods[0].name and p["ours_speedup"] > 0
+        assert p["prediction_agreement"] >= 0.95  # float noise may flip a borderline row
     assert set(result["goals"]) >= {"accuracy_drop_met", "measured_speedup_met"}
     assert result["goals"] == goals(result["rows"])
     table = B.format_pair(result)

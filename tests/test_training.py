@@ -435,3 +435,74 @@ def test_bf16_compute_trains_with_float32_parameters(tokenizer_dir, tmp_path):
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     metrics = training.train_and_evaluate(config, tmp_path / "bf16")
     assert metrics["step"] == 3 and np.isfinite(metrics["loss"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Distillation
+
+
+def test_distillation_loss_is_ce_plus_scaled_kl(tmp_path):
+    rng = np.random.RandomState(0)
+    student = rng.randn(5, 3).astype(np.float32)
+    teacher = rng.randn(5, 3).astype(np.float32)
+    labels = np.array([0, 2, 1, 1, 0], np.int32)
+    valid = np.array([True, True, True, True, False])
+    np.save(tmp_path / "t.npy", teacher)
+
+    class Out:
+        logits = jnp.asarray(student)
+
+    batch = dict(labels=jnp.asarray(labels), valid=jnp.asarray(valid))
+    batch["teacher_logits"] = jnp.asarray(teacher)
+    key, step = jax.random.key(0), jnp.int32(0)
+    t = 2.0
+    ce = -jax.nn.log_softmax(student)[np.arange(5), labels][:4].mean()
+    pt = jax.nn.softmax(teacher / t)
+    kl = (pt * (jax.nn.log_softmax(teacher / t) - jax.nn.log_softmax(student / t))).sum(-1)
+    for alpha in (0.0, 0.3, 1.0):
+        hook = training.DistillationLoss(
+            training.DistillConfig(teacher_file=tmp_path / "t.npy", temperature=t, alpha=alpha)
+        )
+        loss, parts = hook(Out(), batch, step, key)
+        want = alpha * ce + (1 - alpha) * t * t * kl[:4].mean()
+        np.testing.assert_allclose(loss, want, rtol=1e-5)
+        np.testing.assert_allclose(parts["kd"], t * t * kl[:4].mean(), rtol=1e-5)
+    # A teacher equal to the student costs nothing beyond the cross-entropy.
+    batch["teacher_logits"] = jnp.asarray(student)
+    loss, parts = hook(Out(), batch, step, key)
+    np.testing.assert_allclose(parts["kd"], 0.0, atol=1e-6)
+    # The file is checked against the training set; bad settings are named.
+    with pytest.raises(ValueError, match=r"must hold \[7, classes\] teacher logits"):
+        hook.example_arrays(7)
+    np.save(tmp_path / "nan.npy", np.full((5, 3), np.nan, np.float32))
+    nan_hook = training.DistillationLoss(training.DistillConfig(teacher_file=tmp_path / "nan.npy"))
+    with pytest.raises(ValueError, match="finite float logits"):
+        nan_hook.example_arrays(5)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        training.DistillConfig(teacher_file="t.npy", alpha=1.5)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        training.DistillConfig(teacher_file="t.npy", temperature=0.0)
+    # The teacher file is recorded by content: other logits are other settings.
+    assert hook.to_json()["teacher_sha256"] != nan_hook.to_json()["teacher_sha256"]
+
+
+def test_teacher_logits_follow_the_students_training_set(tokenizer_dir, tmp_path):
+    """Teacher logits come in the student's training order (after its holdout and limit)."""
+    config = _config(tokenizer_dir, holdout=16)
+    teacher = training.build_model(config)
+    tokenizer = data.load_tokenizer(tokenizer_dir)
+    logits, labels = training.training_set_logits(teacher, tokenizer, config)
+    assert logits.shape == (48, 2) and logits.dtype == np.float32
+    train = data.read_glue("sst2", "train")
+    kept, _ = data.holdout_split(len(train), 16, 0)
+    np.testing.assert_array_equal(labels, train.labels[kept[:48]])
+    train = training._data.encode_split(tokenizer, config, "train", 48, teacher.config.vocab_size)
+    ids = jnp.asarray(train.input_ids[5])[None]
+    one = teacher(ids, jnp.ones_like(ids), jnp.asarray(train.token_type_ids[5])[None]).logits
+    np.testing.assert_allclose(logits[5], np.asarray(one)[0], atol=1e-4)
+    np.save(tmp_path / "teacher.npy", logits)
+    hook = training.DistillationLoss(training.DistillConfig(teacher_file=tmp_path / "teacher.npy"))
+    np.testing.assert_array_equal(hook.example_arrays(48)["teacher_logits"], logits)
+    # The loss is part of a run's settings: a cross-entropy run is another run.
+    assert training.run_settings(config, loss=hook)["loss"]["name"] == "distillation"
+    assert "loss" not in training.run_settings(config)

@@ -56,15 +56,13 @@ from elang_jax.benchmarks._eval_exits import (
     exit_curve,
     format_exits,
 )
-from elang_jax.benchmarks._eval_pair import (
-    PairEvalConfig,
-    evaluate_pair,
-    finetune_pair,
-    format_pair,
-    paired_batches,
-)
+from elang_jax.benchmarks._eval_pair import evaluate_pair, format_pair, paired_batches
 from elang_jax.benchmarks._exits import bench_exits, threshold_for_depth
 from elang_jax.benchmarks._moe import bench_moe, random_ffn, random_tokens, real_ffn_inputs
+from elang_jax.benchmarks._pair_config import PairEvalConfig
+from elang_jax.benchmarks._pair_finetune import finetune_pair
+from elang_jax.benchmarks._pair_methods import BASE_METHODS, CASCADEBERT_METHODS, PairMethod
+from elang_jax.benchmarks._pair_models import Distill, PairModel
 from elang_jax.benchmarks._report import format_table, suite_dict, write_json
 from elang_jax.benchmarks._result import BenchResult, Candidate, environment
 from elang_jax.benchmarks._suite import BENCHMARKS, resolve_names, run_benchmarks
@@ -105,7 +103,12 @@ __all__ = [
     "CalmEvalConfig",
     "CascadeEvalConfig",
     "ExitsEvalConfig",
+    "BASE_METHODS",
+    "CASCADEBERT_METHODS",
+    "Distill",
+    "PairMethod",
     "PairEvalConfig",
+    "PairModel",
     "Gpt2PrefillConfig",
     "backbone_against_torch",
     "calm_sweep",

@@ -16,15 +16,26 @@ import sys
 DEFAULT_JSON = "bench_results.json"
 # Spelled out as in `BENCHMARK_NAMES`, so that building the parser imports no JAX (a test
 # checks that the two agree).
-NAMES = ("backbone", "compaction", "cascade", "exits", "moe", "acc", "compose")
+NAMES = (
+    "backbone",
+    "compaction",
+    "cascade",
+    "exits",
+    "moe",
+    "acc",
+    "compose",
+    "speculative",
+)
 
 _HELP = """\
 Times each adaptive-compute mechanism against its dense baseline on random weights (no
 fine-tuning): the backbone forward, the compaction core, a Swift/Super cascade, the
-multi-exit step, MoE FFNs, ACC token pruning, and early exit composed with ACC. Candidates
-run interleaved, round by round, after a compile call each; median and min per candidate,
-the speed-up over the baseline and the analytic FLOP speed-up where one applies. One table
-per benchmark, one JSON file."""
+multi-exit step, MoE FFNs, ACC token pruning, early exit composed with ACC, and GPT-2
+self-speculative decoding against greedy decoding. Candidates run interleaved, round by
+round, after a compile call each; median and min per candidate, the speed-up over the
+baseline and the analytic FLOP speed-up where one applies. One table per benchmark, one JSON
+file.
+"""
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:

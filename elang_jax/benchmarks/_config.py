@@ -16,7 +16,16 @@ from typing import Any
 from elang_jax.models import BertConfig
 
 # The benchmarks, in the order a run goes through them.
-BENCHMARK_NAMES = ("backbone", "compaction", "cascade", "exits", "moe", "acc", "compose")
+BENCHMARK_NAMES = (
+    "backbone",
+    "compaction",
+    "cascade",
+    "exits",
+    "moe",
+    "acc",
+    "compose",
+    "speculative",
+)
 # Backbone shapes the suite knows. "minilm": all-MiniLM-L6-v2 (d 384, 12 heads, d_ff 1536);
 # "tiny": a few-kilobyte encoder for tests.
 MODELS = ("minilm", "tiny")

@@ -1,13 +1,16 @@
 """E-LANG where it was made to work (eval/pair_sst2.py): a 12-layer MPNet-base Super behind a
 MiniLM-L6 Swift, each with its own tokenizer.
 
-Both models are fine-tuned on the task's training split without the demo's calibration
+The models are fine-tuned on the task's training split without the demo's calibration
 holdout (for SST-2: 1,500 whole training sentences, their phrases removed from training), or
-loaded from `<elang_jax cache>/pair/<task>/{super,swift}` (`_pair_models`). The Swift recipe
-is the demo's (its Super: all six MiniLM layers), so a demo run's fine-tuned Super can be
-adopted as this Swift. Thresholds of the E-LANG energy and TangoBERT max-prob cascades are
-chosen on the calibration split at the demo's target (accuracy at most `epsilon` below
-Super's there), never on dev; dev only reports.
+loaded from `<elang_jax cache>/pair/<task>/` (`_pair_finetune`, `_pair_models`). The plain
+Swift recipe is the demo's (its Super: all six MiniLM layers), so a demo run's fine-tuned
+Super can be adopted as that Swift; a distilled Swift learns from Super's soft labels as
+well. The thresholds of every method (`_pair_methods`: E-LANG energy and released-code
+score, TangoBERT max-prob, CascadeBERT without and with DAR; each at the accuracy target and
+at the guarantee target) are chosen on the calibration split, never on dev; dev only
+reports. The same checkpoints in PyTorch, cascaded the peers' way (`_pair_peers`), are
+timed against the first method's compiled step.
 
 Every dev number comes from the compiled cascade step (`Cascade.serving_step`) run on
 per-tier inputs: each batch holds the same examples tokenized by each tier's tokenizer,
@@ -23,9 +26,7 @@ Shape vocabulary: n examples, c classes, b batch rows, v valid rows of a batch.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -33,206 +34,27 @@ import numpy as np
 from jaxtyping import Int
 
 from elang_jax import data as D
-from elang_jax import training
-from elang_jax.benchmarks._pair_models import Finetuned, PairModel, finetune, finetune_config
-from elang_jax.benchmarks._pair_models import base_checkpoint as _base
-from elang_jax.calibration import CalibrationTarget
-from elang_jax.cascade import Cascade, Tier, TierConfig, calibrate_two_tier
-from elang_jax.demo._sections import CalibrationSection, FinetuneSection
+from elang_jax.benchmarks._pair_config import PairEvalConfig
+from elang_jax.benchmarks._pair_finetune import finetune_pair
+from elang_jax.benchmarks._pair_methods import (
+    SWIFT,
+    PairMethod,
+)
+from elang_jax.benchmarks._pair_models import Finetuned
+from elang_jax.benchmarks._pair_peers import prediction_agreement, torch_peers
+from elang_jax.cascade import (
+    Cascade,
+    Tier,
+    TierConfig,
+    calibrate_two_tier,
+)
 from elang_jax.flops import classifier_flops
 from elang_jax.models import BertConfig
 from elang_jax.routing import Score, score
 from elang_jax.timing import batch_inputs, logits_fn, time_against_reference
+from elang_jax.training._finetune import FINAL_DIR
 
-ROLES = ("super", "swift")
-# (row name, Swift's escalation score)
-PAIR_METHODS = (("E-LANG energy", "energy"), ("TangoBERT max-prob", "max_prob"))
 SUPER_ROW, SWIFT_ROW = "Super alone", "Swift alone"
-
-# The Super recipe, sized for about 20 minutes on 2 CPU cores (MPNet-base trains at roughly
-# a tenth of MiniLM's examples/s): the demo's recipe on half its phrases, at a learning rate
-# suited to a base-size model.
-SUPER_FINETUNE = FinetuneSection(train_examples=8000, learning_rate=8e-5)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class PairEvalConfig:
-    """What eval/pair_sst2.py runs: fine-tuning both models, calibration, dev, timing.
-
-    Attributes:
-      task: GLUE task (a single-sentence one for `HoldoutKind.SENTENCES`).
-      super_: the Super model and its recipe (default: all-mpnet-base-v2, `SUPER_FINETUNE`).
-      swift: the Swift model and its recipe (default: all-MiniLM-L6-v2, all six layers,
-        under the demo's recipe).
-      max_length: longest example in tokens (longer ones truncated), training and eval.
-      seed: seed of fine-tuning.
-      calibration: the held-out calibration split and the accuracy target (the demo's
-        `CalibrationSection`: 1,500 whole sentences, epsilon 0.005).
-      batch_size: rows of every evaluation and timing batch (the compiled step's size).
-      eval_buckets: padded lengths of evaluation batches (per tier).
-      eval_limit: evaluate on the first this many dev examples; None: all.
-      cascade_buckets: escalated rows are packed into buckets of b/n, 2b/n, ..., b rows
-        (plus the empty bucket) for n = this (the demo's 4).
-      timing_rounds: interleaved timing rounds (the median ratio is reported).
-      timing_batches: time on this many dev batches evenly spread over the length-sorted
-        batches; None: all of them. Accuracy and FLOPs always cover the whole split.
-      cache_dir: where the fine-tuned models live; None: `<elang_jax cache>/pair/<task>`.
-      swift_from: a finished fine-tuning run directory (the demo's `<cache>/super`) to adopt
-        as the Swift when it ran exactly the Swift recipe; None: `<elang_jax
-        cache>/demo/<task>/super` if there is one. Ignored once the Swift is cached.
-      progress: progress bars while fine-tuning (on a terminal only).
-    """
-
-    __no_type_check__ = True  # sections may be given as mappings; converted below
-
-    task: str = "sst2"
-    super_: PairModel = dataclasses.field(
-        default_factory=lambda: PairModel(finetune=SUPER_FINETUNE)
-    )
-    swift: PairModel = dataclasses.field(default_factory=PairModel)
-    max_length: int = 64
-    seed: int = 0
-    calibration: CalibrationSection = dataclasses.field(default_factory=CalibrationSection)
-    batch_size: int = 64
-    eval_buckets: tuple[int, ...] = (16, 32, 64)
-    eval_limit: int | None = None
-    cascade_buckets: int = 4
-    timing_rounds: int = 3
-    timing_batches: int | None = None
-    cache_dir: str | None = None
-    swift_from: str | None = None
-    progress: bool = True
-
-    def __post_init__(self):
-        for name in ("super_", "swift"):
-            value = getattr(self, name)
-            if isinstance(value, Mapping):
-                object.__setattr__(self, name, PairModel(**value))
-            elif not isinstance(value, PairModel):
-                raise ValueError(f"{name} must be a PairModel or a mapping, got {value!r}")
-        if isinstance(self.calibration, Mapping):
-            object.__setattr__(self, "calibration", CalibrationSection(**self.calibration))
-        object.__setattr__(self, "eval_buckets", tuple(self.eval_buckets))
-        if D.get_glue_task(self.task).is_pair and self.calibration.holdout_kind == "sentences":
-            raise ValueError(f"{self.task} is a sentence-pair task: use holdout_kind='random'")
-        for name in ("max_length", "batch_size", "cascade_buckets", "timing_rounds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
-        for name in ("eval_limit", "timing_batches"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or None, got {name}={value}")
-        b = self.eval_buckets
-        if not b or list(b) != sorted(set(b)) or b[0] < 1 or b[-1] < self.max_length:
-            raise ValueError(
-                f"eval_buckets must be ascending positive lengths, the largest >= "
-                f"{self.max_length=}, got eval_buckets={b}"
-            )
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed=}")
-        for name in ("cache_dir", "swift_from"):
-            value = getattr(self, name)
-            if value is not None:
-                object.__setattr__(self, name, os.fspath(value))
-
-    def replace(self, **kw: Any) -> PairEvalConfig:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **kw)
-
-    @property
-    def cache_path(self) -> Path:
-        """The cache directory (see `cache_dir`)."""
-        if self.cache_dir is not None:
-            return Path(self.cache_dir).expanduser()
-        from elang_jax.checkpoints import cache_dir
-
-        return cache_dir() / "pair" / self.task
-
-    @property
-    def target(self) -> CalibrationTarget:
-        return CalibrationTarget(epsilon=self.calibration.epsilon)
-
-    @classmethod
-    def full(cls, *, super_recipe: Mapping[str, Any] | None = None, **kw: Any) -> PairEvalConfig:
-        """The real run: the defaults, with `super_recipe` changing fields of Super's
-        `SUPER_FINETUNE` recipe (e.g. `{"train_examples": 4000}` when time is short)."""
-        recipe = dataclasses.replace(SUPER_FINETUNE, **dict(super_recipe or {}))
-        return cls(super_=PairModel(finetune=recipe), **kw)
-
-    @classmethod
-    def tiny(cls, super_tokenizer_dir: Any, swift_tokenizer_dir: Any, **kw: Any) -> PairEvalConfig:
-        """Seconds-long runs for tests: a 2-layer Super and a 1-layer Swift, random 32-wide
-        BERTs, each with its own (real) tokenizer, on a few dozen SST-2 examples."""
-        recipe = FinetuneSection(
-            train_examples=48, batch_size=16, learning_rate=1e-3, buckets=(32,), save_every=2
-        )
-
-        def model(layers: int, tokenizer_dir: Any) -> PairModel:
-            from elang_jax.data import load_tokenizer
-
-            vocab = len(load_tokenizer(tokenizer_dir))
-            config = BertConfig.tiny(
-                vocab_size=vocab,
-                num_layers=layers,
-                intermediate_size=64,
-                max_position_embeddings=64,
-            )
-            return PairModel(model_config=config, tokenizer_dir=tokenizer_dir, finetune=recipe)
-
-        base: dict[str, Any] = dict(
-            super_=model(2, super_tokenizer_dir),
-            swift=model(1, swift_tokenizer_dir),
-            max_length=32,
-            calibration=CalibrationSection(holdout=24, holdout_kind="random"),
-            batch_size=16,
-            eval_buckets=(16, 32),
-            eval_limit=40,
-            cascade_buckets=2,
-            timing_rounds=1,
-            progress=False,
-        )
-        return cls(**{**base, **kw})
-
-
-# ----------------------------------------------------------------------------------------------
-# Fine-tuning
-
-
-def finetune_configs(config: PairEvalConfig) -> dict[str, training.FinetuneConfig]:
-    """Each role's `FinetuneConfig` (what its cached run must have run)."""
-    out = {}
-    for role in ROLES:
-        spec = config.super_ if role == "super" else config.swift
-        out[role] = finetune_config(
-            spec,
-            _base(role, spec),
-            task=config.task,
-            max_length=config.max_length,
-            seed=config.seed,
-            eval_batch_size=config.batch_size,
-            # Fine-tuning always reports on all of dev: `eval_limit` must not change which
-            # cached run is reused.
-            eval_limit=None,
-            holdout=config.calibration.holdout,
-            holdout_seed=config.calibration.holdout_seed,
-            holdout_kind=config.calibration.holdout_kind,
-            progress=config.progress,
-        )
-    return out
-
-
-def finetune_pair(config: PairEvalConfig) -> dict[str, Finetuned]:
-    """Both models fine-tuned (or loaded from the cache; the Swift perhaps adopted)."""
-    fts = finetune_configs(config)
-    adopt = config.swift_from
-    if adopt is None and config.cache_dir is None:
-        from elang_jax.checkpoints import cache_dir
-
-        adopt = os.fspath(cache_dir() / "demo" / config.task / "super")
-    # Swift first: adopting or training it takes minutes, Super is the long part.
-    swift = finetune("swift", fts["swift"], config.cache_path / "swift", adopt)
-    return {"super": finetune("super", fts["super"], config.cache_path / "super"), "swift": swift}
-
 
 # ----------------------------------------------------------------------------------------------
 # Per-tier batches
@@ -296,13 +118,13 @@ def _accuracy(pred: Int[np.ndarray, " n"], labels: Int[np.ndarray, " n"]) -> flo
 def evaluate_pair(
     config: PairEvalConfig, models: Mapping[str, Finetuned] | None = None
 ) -> dict[str, Any]:
-    """Fine-tunes (or loads) both models, calibrates every method of `PAIR_METHODS` on the
-    held-out split, runs their compiled cascade steps on dev, and times every row against
-    Super alone.
+    """Fine-tunes (or loads) the models, calibrates every method of `config.methods` on
+    the held-out split, runs their compiled cascade steps on dev (or `config.eval_file`),
+    times every row against Super alone and the PyTorch peers against our step.
 
     Args:
       config: what to run.
-      models: the fine-tuned pair, if already at hand (else `finetune_pair(config)`).
+      models: role -> fine-tuned model, if already at hand (else `finetune_pair(config)`).
 
     Returns:
       {"args": the config, "finetune": per role what `Finetuned.summary` says, "task",
@@ -311,7 +133,9 @@ def evaluate_pair(
       measured_speedup, pass_ms, and for cascades the threshold, the calibration
       accuracies, target_met, measured_over_flop and the agreement of the compiled step
       with the offline rule on the same logits; "predictions": method -> [n] dev
-      predictions; "dev_labels": [n]; "goals": the issue's goals and whether they are met}.
+      predictions; "dev_labels": [n]; "peers": PyTorch peer -> its time against our step
+      and the agreement of its predictions; "goals": the issue's goals and whether they are
+      met}.
     """
     models = dict(models) if models is not None else finetune_pair(config)
     cfg = {k: m.model.config for k, m in models.items()}
@@ -322,7 +146,7 @@ def evaluate_pair(
         config.calibration.holdout_seed,
         config.calibration.holdout_kind,
     )
-    dev = D.read_glue(config.task, "dev")
+    dev = D.read_glue(config.task, "dev", config.eval_file)
     if config.eval_limit is not None and config.eval_limit < len(dev):
         dev = D.select_examples(dev, np.arange(config.eval_limit))
     buckets = D.LengthBuckets(config.eval_buckets)
@@ -351,93 +175,33 @@ def evaluate_pair(
     # Each takes a dict of per-tier batches (typed Any: the timing's batches are opaque).
     forwards: dict[str, Callable[[Any], Any]] = {
         SUPER_ROW: lambda b: fns["super"](b["super"]),
-        SWIFT_ROW: lambda b: fns["swift"](b["swift"]),
+        SWIFT_ROW: lambda b: fns[SWIFT](b[SWIFT]),
     }
     logits = {
         k: {
-            "calib": _outputs(forwards[row], calib_batches, len(y_cal)),
-            "dev": _outputs(forwards[row], dev_batches, len(y_dev)),
+            "calib": _outputs(lambda b, k=k: fns[k](b[k]), calib_batches, len(y_cal)),
+            "dev": _outputs(lambda b, k=k: fns[k](b[k]), dev_batches, len(y_dev)),
         }
-        for k, row in (("super", SUPER_ROW), ("swift", SWIFT_ROW))
+        for k in models
     }
     super_flops = _flops(cfg["super"], dev_batches, "super")
     predictions = {
         SUPER_ROW: logits["super"]["dev"].argmax(-1),
-        SWIFT_ROW: logits["swift"]["dev"].argmax(-1),
+        SWIFT_ROW: logits[SWIFT]["dev"].argmax(-1),
     }
     rows: list[dict[str, Any]] = [
         dict(method=SUPER_ROW, to_super=1.0, flop_speedup=1.0),
         dict(
             method=SWIFT_ROW,
             to_super=0.0,
-            flop_speedup=super_flops / _flops(cfg["swift"], dev_batches, "swift"),
+            flop_speedup=super_flops / _flops(cfg[SWIFT], dev_batches, SWIFT),
         ),
     ]
-
-    # Swift's cost relative to Super's on each calibration example, each at its own length.
-    ratio = np.array(
-        [
-            classifier_flops(cfg["swift"], int(a)) / classifier_flops(cfg["super"], int(b))
-            for a, b in zip(calib_enc["swift"].lengths, calib_enc["super"].lengths, strict=True)
-        ]
-    )
-    n, eps = config.cascade_buckets, config.calibration.epsilon
-    for name, kind in PAIR_METHODS:
-        op = calibrate_two_tier(
-            logits["swift"]["calib"],
-            logits["super"]["calib"],
-            y_cal,
-            kind,
-            config.target,
-            swift_cost=ratio,
+    for method in config.methods:
+        forwards[method.name], row, predictions[method.name] = _cascade_row(
+            config, method, models, logits, calib_enc, dev_batches, y_cal, super_flops
         )
-        threshold = float(op.setting[0])
-        cascade = Cascade(
-            [
-                Tier(
-                    models["swift"].model,
-                    TierConfig(name="swift", score=Score(kind), threshold=threshold),
-                ),
-                Tier(models["super"].model, TierConfig(name="super")),
-            ],
-            bucket_fractions=tuple(i / n for i in range(n + 1)),
-        )
-        step = cascade.serving_step(config.batch_size)
-
-        def forward(b: dict[str, D.Batch], step=step) -> Any:
-            # Tier order: Swift's inputs, then Super's (same rows, own tokenization).
-            return step(
-                [batch_inputs(b["swift"]), batch_inputs(b["super"])], valid=b["super"].valid
-            )
-
-        forwards[name] = forward
-        idx, preds, tiers = [], [], []
-        flops = _flops(cfg["swift"], dev_batches, "swift")
-        for b in dev_batches:  # compiles every batch shape once, before the timing
-            out, v = forward(b), b["super"].valid
-            idx.append(b["super"].index[v])
-            preds.append(np.asarray(out.predictions)[v])
-            tiers.append(np.asarray(out.tier)[v])
-            t = b["super"].input_ids.shape[1]
-            flops += float((tiers[-1] == 1).sum()) * classifier_flops(cfg["super"], t)
-        pred = D.restore_order(idx, preds, len(y_dev))
-        tier = D.restore_order(idx, tiers, len(y_dev))
-        # The compiled path must agree with the offline rule on the offline logits.
-        offline = np.where(np.asarray(score(kind, logits["swift"]["dev"])) >= threshold, 0, 1)
-        predictions[name] = pred
-        rows.append(
-            dict(
-                method=name,
-                score=kind,
-                to_super=float(tier.mean()),
-                flop_speedup=super_flops / flops,
-                threshold=threshold,
-                calib_accuracy=op.accuracy,
-                calib_super_accuracy=op.reference_accuracy,
-                target_met=bool(op.accuracy >= op.reference_accuracy - eps - 1e-12),
-                offline_agreement=_accuracy(offline, tier),
-            )
-        )
+        rows.append(row)
     for r in rows:
         r["accuracy"] = _accuracy(predictions[r["method"]], y_dev)
 
@@ -460,6 +224,7 @@ def evaluate_pair(
             r["speedup_rounds"] = list(t.rounds)
         if "threshold" in r:
             r["measured_over_flop"] = r["measured_speedup"] / r["flop_speedup"]
+    peers = _time_peers(config, models, rows, forwards, predictions, dev_batches, timed)
     return dict(
         args=config,
         task=config.task,
@@ -471,8 +236,132 @@ def evaluate_pair(
         rows=rows,
         predictions=predictions,
         dev_labels=y_dev,
+        peers=peers,
         goals=goals(rows),
     )
+
+
+def _cascade_row(
+    config: PairEvalConfig,
+    method: PairMethod,
+    models: Mapping[str, Finetuned],
+    logits: Mapping[str, Mapping[str, np.ndarray]],
+    calib_enc: Mapping[str, D.Encoded],
+    dev_batches: Sequence[dict[str, D.Batch]],
+    y_cal: Int[np.ndarray, " n"],
+    super_flops: float,
+) -> tuple[Callable[[Any], Any], dict[str, Any], np.ndarray]:
+    """One method: its threshold from the calibration split, its compiled step run over dev.
+
+    Returns (the step as a function of a dict of per-tier batches, its row without accuracy
+    and timing, its dev predictions).
+    """
+    role = method.swift
+    cfg = {k: m.model.config for k, m in models.items()}
+    # Swift's cost relative to Super's on each calibration example, each at its own length.
+    ratio = np.array(
+        [
+            classifier_flops(cfg[role], int(a)) / classifier_flops(cfg["super"], int(b))
+            for a, b in zip(calib_enc[role].lengths, calib_enc["super"].lengths, strict=True)
+        ]
+    )
+    target = config.target_for(method.target)
+    op = calibrate_two_tier(
+        logits[role]["calib"],
+        logits["super"]["calib"],
+        y_cal,
+        method.score,
+        target,
+        swift_cost=ratio,
+    )
+    threshold = float(op.setting[0])
+    n = config.cascade_buckets
+    cascade = Cascade(
+        [
+            Tier(
+                models[role].model,
+                TierConfig(name="swift", score=Score(method.score), threshold=threshold),
+            ),
+            Tier(models["super"].model, TierConfig(name="super")),
+        ],
+        bucket_fractions=tuple(i / n for i in range(n + 1)),
+    )
+    step = cascade.serving_step(config.batch_size)
+
+    def forward(b: dict[str, D.Batch]) -> Any:
+        # Tier order: Swift's inputs, then Super's (same rows, own tokenization).
+        return step([batch_inputs(b[role]), batch_inputs(b["super"])], valid=b["super"].valid)
+
+    idx, preds, tiers = [], [], []
+    flops = _flops(cfg[role], dev_batches, role)
+    for b in dev_batches:  # compiles every batch shape once, before the timing
+        out, v = forward(b), b["super"].valid
+        idx.append(b["super"].index[v])
+        preds.append(np.asarray(out.predictions)[v])
+        tiers.append(np.asarray(out.tier)[v])
+        t = b["super"].input_ids.shape[1]
+        flops += float((tiers[-1] == 1).sum()) * classifier_flops(cfg["super"], t)
+    n_dev = len(logits["super"]["dev"])
+    pred = D.restore_order(idx, preds, n_dev)
+    tier = D.restore_order(idx, tiers, n_dev)
+    # The compiled path must agree with the offline rule on the offline logits.
+    offline = np.where(np.asarray(score(method.score, logits[role]["dev"])) >= threshold, 0, 1)
+    eps = config.calibration.epsilon
+    row = dict(
+        method=method.name,
+        score=method.score,
+        swift=role,
+        target=method.target,
+        to_super=float(tier.mean()),
+        flop_speedup=super_flops / flops,
+        threshold=threshold,
+        calib_accuracy=op.accuracy,
+        calib_super_accuracy=op.reference_accuracy,
+        target_met=bool(op.accuracy >= op.reference_accuracy - eps - 1e-12),
+        upper_bound_drop=op.upper_bound_drop,
+        offline_agreement=_accuracy(offline, tier),
+    )
+    return forward, row, pred
+
+
+def _time_peers(
+    config: PairEvalConfig,
+    models: Mapping[str, Finetuned],
+    rows: Sequence[Mapping[str, Any]],
+    forwards: Mapping[str, Callable[[Any], Any]],
+    predictions: Mapping[str, np.ndarray],
+    dev_batches: list[dict[str, D.Batch]],
+    timed: list[Any],
+) -> dict[str, dict[str, Any]]:
+    """The PyTorch peers (`_pair_peers`) at the first method's routing, timed against its
+    compiled step on the same batches; {} when `config.peers` is off."""
+    if not config.peers:
+        return {}
+    ours = next(r for r in rows if "threshold" in r)
+    role = ours["swift"]
+    peers = torch_peers(
+        models[role].workdir / FINAL_DIR,
+        models["super"].workdir / FINAL_DIR,
+        role,
+        ours["score"],
+        ours["threshold"],
+    )
+    reference = predictions[ours["method"]]
+    agreement = {k: prediction_agreement(f, dev_batches, reference) for k, f in peers.items()}
+    timings = time_against_reference(
+        forwards[ours["method"]], peers, timed, config.timing_rounds, compiled=True
+    )
+    return {
+        name: dict(
+            routing_of=ours["method"],
+            prediction_agreement=agreement[name],
+            pass_ms=t.seconds * 1e3,
+            ours_pass_ms=t.reference_seconds * 1e3,
+            ours_speedup=1.0 / t.speedup,  # how many times faster our compiled step is
+            ours_speedup_rounds=[1.0 / x for x in t.rounds],
+        )
+        for name, t in timings.items()
+    }
 
 
 def _timing_subset(batches: Sequence[Any], limit: int | None) -> list[Any]:
@@ -510,7 +399,7 @@ def format_pair(result: Mapping[str, Any]) -> str:
     c: PairEvalConfig = result["args"]
     lines = []
     for role, f in result["finetune"].items():
-        ft = (c.super_ if role == "super" else c.swift).finetune
+        ft = c.spec(role).finetune
         acc, secs = f["dev_accuracy"], f["train_seconds"]
         examples = (f["steps"] or 0) * ft.batch_size
         timing = (
@@ -534,17 +423,23 @@ def format_pair(result: Mapping[str, Any]) -> str:
         f"target accuracy epsilon {c.calibration.epsilon}, batch {c.batch_size}, timing "
         f"{c.timing_rounds} rounds x {result['timing_batches']} batches, "
         f"device {result['device']}",
-        f"{'method':<20} {'acc':>6} {'->Super':>8} {'FLOP x':>7} {'meas. x':>8} "
+        f"{'method':<38} {'acc':>6} {'->Super':>8} {'FLOP x':>7} {'meas. x':>8} "
         f"{'meas/FLOP':>9} {'threshold':>10}",
     ]
     for r in result["rows"]:
         ratio = r.get("measured_over_flop")
         th = r.get("threshold")
         lines.append(
-            f"{r['method']:<20} {100 * r['accuracy']:6.2f} {100 * r['to_super']:7.1f}% "
+            f"{r['method']:<38} {100 * r['accuracy']:6.2f} {100 * r['to_super']:7.1f}% "
             f"{r['flop_speedup']:7.2f} {r['measured_speedup']:8.2f} "
             f"{'' if ratio is None else f'{ratio:9.2f}'}"
             f"{'' if th is None else f' {th:10.4f}'}"
+        )
+    for name, p in result.get("peers", {}).items():
+        lines.append(
+            f"{name}, routed as {p['routing_of']}: {p['pass_ms'] / 1e3:.2f} s a pass, ours "
+            f"{p['ours_pass_ms'] / 1e3:.2f} s: ours {p['ours_speedup']:.2f}x faster "
+            f"(predictions agree on {100 * p['prediction_agreement']:.1f}%)"
         )
     g = result["goals"]
 

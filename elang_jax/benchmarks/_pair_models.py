@@ -15,7 +15,6 @@ unpacked, and that checkpoint's weights are byte-identical to ours.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from elang_jax import training
+from elang_jax.checkpoints import sha256_of
 from elang_jax.demo._sections import FinetuneSection
 from elang_jax.models import BertConfig, BertForSequenceClassification
 from elang_jax.training._finetune import CONFIG_FILE, FINAL_DIR, METRICS_FILE
@@ -39,6 +39,25 @@ SECONDS_FILE = "pair_seconds.json"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class Distill:
+    """Distillation of the Swift from the fine-tuned Super (`training.DistillationLoss`).
+
+    Attributes:
+      temperature: softmax temperature of the soft labels.
+      alpha: weight of the hard-label cross-entropy (the soft labels get 1 - alpha).
+    """
+
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"distill.temperature must be > 0, got {self.temperature=}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"distill.alpha must be in [0, 1], got {self.alpha=}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class PairModel:
     """One model of the pair and how it is fine-tuned.
 
@@ -51,6 +70,8 @@ class PairModel:
       num_layers: keep only the first this many layers; None: all.
       finetune: the recipe (the demo's `FinetuneSection`: training examples, epochs, batch
         size, learning rate, warmup, length buckets, checkpoint interval).
+      distill: learn from the Super's soft labels as well (`Distill`; Swift only); None:
+        the plain cross-entropy recipe.
     """
 
     # Mappings are converted in __post_init__ (like `DemoConfig`), so a runtime type checker
@@ -62,10 +83,13 @@ class PairModel:
     tokenizer_dir: str | None = None
     num_layers: int | None = None
     finetune: FinetuneSection = dataclasses.field(default_factory=FinetuneSection)
+    distill: Distill | None = None
 
     def __post_init__(self):
         if not isinstance(self.finetune, FinetuneSection):
             object.__setattr__(self, "finetune", FinetuneSection(**dict(self.finetune)))
+        if self.distill is not None and not isinstance(self.distill, Distill):
+            object.__setattr__(self, "distill", Distill(**dict(self.distill)))
         for name in ("model_dir", "tokenizer_dir"):
             value = getattr(self, name)
             if value is not None:
@@ -191,21 +215,13 @@ def _train_seconds(workdir: Path) -> float:
     return float(json.loads(path.read_text())["seconds"]) if path.is_file() else 0.0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _same_weights(a: str | None, b: str | None) -> bool:
     # A checkpoint unpacked in two places is the same model when its weight files are equal.
     if a is None or b is None:
         return a == b
     name = "model.safetensors"
     fa, fb = Path(a, name), Path(b, name)
-    return fa.is_file() and fb.is_file() and _sha256(fa) == _sha256(fb)
+    return fa.is_file() and fb.is_file() and sha256_of(fa) == sha256_of(fb)
 
 
 def adopt_finished(source: Path, workdir: Path, ft: training.FinetuneConfig) -> bool:
@@ -248,17 +264,22 @@ def adopt_finished(source: Path, workdir: Path, ft: training.FinetuneConfig) -> 
 
 
 def finetune(
-    name: str, ft: training.FinetuneConfig, workdir: Path, adopt: str | None = None
+    name: str,
+    ft: training.FinetuneConfig,
+    workdir: Path,
+    adopt: str | None = None,
+    loss: training.LossHook | None = None,
 ) -> Finetuned:
-    """Fine-tunes model `name`, or loads it when a finished run matches (after adopting the
-    finished run in `adopt`, when given and it qualifies)."""
+    """Fine-tunes model `name` (with loss hook `loss`, default cross-entropy), or loads it
+    when a finished run matches (after adopting the finished run in `adopt`, when given and
+    it qualifies)."""
     from elang_jax.data import load_tokenizer
     from elang_jax.hf import from_pretrained
 
-    if adopt is not None and training.finished_run(workdir, ft) is None:
+    if adopt is not None and loss is None and training.finished_run(workdir, ft) is None:
         adopt_finished(Path(adopt), workdir, ft)
     done, seconds, cached = training.train_or_reuse(
-        ft, workdir, name=name, remedy="another cache_dir"
+        ft, workdir, name=name, remedy="another cache_dir", loss=loss
     )
     if not cached:
         total = _train_seconds(workdir) + seconds

@@ -13,6 +13,7 @@ from elang_jax.benchmarks._config import BENCHMARK_NAMES, BenchConfig
 from elang_jax.benchmarks._exits import bench_exits
 from elang_jax.benchmarks._moe import bench_moe
 from elang_jax.benchmarks._result import BenchResult
+from elang_jax.benchmarks._speculative import bench_speculative
 
 Benchmark = Callable[[BenchConfig], BenchResult]
 
@@ -24,6 +25,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "moe": bench_moe,
     "acc": bench_acc,
     "compose": bench_compose,
+    "speculative": bench_speculative,
 }
 assert tuple(BENCHMARKS) == BENCHMARK_NAMES, "the registry and BENCHMARK_NAMES must agree"
 

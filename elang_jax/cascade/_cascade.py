@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, Int
 
 from elang_jax import flops
@@ -92,12 +93,17 @@ class Tier:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class CascadeOutput:
-    """Per-example results. `scores[:, k]` is NaN where tier k did not run."""
+    """Per-example results. `scores[:, k]` is NaN where tier k did not run.
+
+    `buckets_used` [shards K] holds the rows each tier ran on, per data shard (one row
+    without a mesh): tier 0 all the shard's rows, tier k its bucket (0: skipped).
+    """
 
     predictions: Int[Array, " b"]
     tier: Int[Array, " b"]
     logits: Float[Array, "b c"]
     scores: Float[Array, "b k"]
+    buckets_used: Int[Array, "shards k"]
 
 
 def _logits(model: nnx.Module, inputs: dict[str, Array]) -> Array:
@@ -140,7 +146,9 @@ class Cascade:
 
     # ------------------------------------------------------------------ compiled path
 
-    def serving_step(self, batch_size: int) -> CompiledStep:
+    def serving_step(
+        self, batch_size: int, *, mesh: Mesh | None = None, rebalance: bool = False
+    ) -> CompiledStep:
         """The compiled `step(inputs, valid=None, thresholds=None) -> CascadeOutput`.
 
         `inputs` is one dict (input_ids, attention_mask, token_type_ids; [b t] int32) shared
@@ -151,8 +159,13 @@ class Cascade:
         holding the examples tier k could not answer; an empty bucket skips the tier.
         Steps are cached per batch size; each reads the tiers as they are at every call,
         so replacing a tier's model or config takes effect (with a recompile).
+
+        With a `mesh`, the rows are split over its "data" (and "expert") axes and each
+        shard routes its own (`elang_jax.engine.DataParallel`); `rebalance` deals the
+        escalated rows out evenly over the shards before each later tier. Outputs are the
+        same either way.
         """
-        return self._engine.step(batch_size)
+        return self._engine.step(batch_size, mesh, rebalance)
 
     def example_flops(self, out: CascadeOutput, length: int) -> np.ndarray:
         """[b] analytic FLOPs of each example of a batch padded to `length`: every tier

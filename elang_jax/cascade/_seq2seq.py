@@ -45,10 +45,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax.core import bucket_sizes, compact_apply
-from elang_jax.engine import CompiledStep, StepEngine, step_threshold, step_valid
+from elang_jax.engine import (
+    CompiledStep,
+    StepEngine,
+    escalate_apply,
+    step_threshold,
+    step_valid,
+)
 from elang_jax.models._t5 import T5ForConditionalGeneration, t5_greedy_from_encoder
 from elang_jax.routing import Score, score
 
@@ -208,12 +215,15 @@ class Seq2SeqCascadeOutput:
       tier: [b] int32, 0 = Swift decoder, 1 = Super model.
       score: [b] float32 routing score from the head.
       head_logits: [b c] float32 head logits.
+      buckets_used: [shards 2] rows the Swift decoder and the Super model ran on, per data
+        shard (one row without a mesh); 0 where one was skipped.
     """
 
     tokens: Int[Array, "b n"]
     tier: Int[Array, " b"]
     score: Float[Array, " b"]
     head_logits: Float[Array, "b c"]
+    buckets_used: Int[Array, "shards 2"]
 
 
 Inputs = Mapping[str, Any]
@@ -276,7 +286,9 @@ class ElangSeq2Seq:
         feats = pooled_encoder_features(self.swift, input_ids, attention_mask)
         return score(self.config.score, self.head(feats), self.config.temperature)
 
-    def serving_step(self, batch_size: int) -> CompiledStep:
+    def serving_step(
+        self, batch_size: int, *, mesh: Mesh | None = None, rebalance: bool = False
+    ) -> CompiledStep:
         """The compiled `step(inputs, valid=None, threshold=None) -> Seq2SeqCascadeOutput`.
 
         `inputs` is one dict (input_ids, attention_mask; [b s] int32) shared by both models,
@@ -284,9 +296,12 @@ class ElangSeq2Seq:
         examples, row for row; lengths may differ). `valid` [b] marks real rows: padding
         rows never escalate and decode nothing. `threshold` (a float) may change between
         calls without recompiling. Steps are cached per batch size, compile once per input
-        lengths, and read the models, head and config as they are at every call.
+        lengths, and read the models, head and config as they are at every call. With a
+        `mesh`, the rows are split over its "data" (and "expert") axes and each shard
+        routes its own; `rebalance` deals the escalated rows out evenly over the shards
+        before the Super model runs (`elang_jax.engine.DataParallel`).
         """
-        return self._engine.step(batch_size)
+        return self._engine.step(batch_size, mesh, rebalance)
 
 
 class _Seq2SeqProgram:
@@ -329,7 +344,7 @@ class _Seq2SeqProgram:
                 swift, rows["enc"], rows["mask"], max_new_tokens=n_new, done=~row_valid
             )
 
-        tokens, _ = compact_apply(
+        tokens, swift_packing = compact_apply(
             swift_decode,
             keep & valid,
             dict(enc=enc, mask=swift_in["attention_mask"]),
@@ -344,12 +359,15 @@ class _Seq2SeqProgram:
                 sup, h, rows["attention_mask"], max_new_tokens=n_new, done=~row_valid
             )
 
-        tokens, _ = compact_apply(super_generate, ~keep, dict(super_in), tokens, buckets)
+        tokens, super_rows = escalate_apply(super_generate, ~keep, dict(super_in), tokens, buckets)
+        swift_rows = jnp.asarray(buckets, jnp.int32)[swift_packing.bucket]
         return Seq2SeqCascadeOutput(
             tokens=tokens,
             tier=jnp.where(keep, 0, 1).astype(jnp.int32),
             score=s,
             head_logits=logits,
+            # [1 2]
+            buckets_used=jnp.stack([swift_rows, super_rows])[None],
         )
 
 

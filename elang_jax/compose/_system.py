@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax import flops
@@ -55,6 +56,8 @@ class ComposedOutput:
       scores: [b K] each tier's cascade score; NaN where the tier did not run.
       exit_index: [b K] the exit each tier's run left at; -1 where the tier did not run.
       layers: [b K] layers each tier ran for the example; 0 where it did not run.
+      buckets_used: [shards K] rows each tier ran on, per data shard (one row without a
+        mesh): tier 0 all the shard's rows, tier k its bucket (0: skipped).
     """
 
     predictions: Int[Array, " b"]
@@ -63,6 +66,7 @@ class ComposedOutput:
     scores: Float[Array, "b k"]
     exit_index: Int[Array, "b k"]
     layers: Int[Array, "b k"]
+    buckets_used: Int[Array, "shards k"]
 
 
 def _check_tier(module: nnx.Module, model: nnx.Module, tier: ComposedTierConfig) -> None:
@@ -141,7 +145,9 @@ class ComposedClassifier:
         return tuple(module.exit_layers)
 
     # ------------------------------------------------------------------ compiled path
-    def serving_step(self, batch_size: int) -> CompiledStep:
+    def serving_step(
+        self, batch_size: int, *, mesh: Mesh | None = None, rebalance: bool = False
+    ) -> CompiledStep:
         """The compiled `step(inputs, valid=None, thresholds=None, exit_thresholds=None)`.
 
         `inputs` holds input_ids, attention_mask, token_type_ids ([b t] int32), shared by all
@@ -149,9 +155,12 @@ class ComposedClassifier:
         embedding and never escalate). `thresholds` (K - 1 cascade thresholds) and
         `exit_thresholds` (K, ignored for tiers without exits) default to the config's and
         may change between calls without recompiling. Returns a `ComposedOutput`. Steps are
-        cached per batch size and read the modules as they are at every call.
+        cached per batch size and read the modules as they are at every call. With a
+        `mesh`, the rows are split over its "data" (and "expert") axes and each shard
+        routes its own; `rebalance` deals escalated rows out evenly over the shards before
+        each later tier (`elang_jax.engine.DataParallel`).
         """
-        return self._engine.step(batch_size)
+        return self._engine.step(batch_size, mesh, rebalance)
 
     # ------------------------------------------------------------------ offline path
     def exit_logits(self, k: int, inputs: Mapping[str, ArrayLike]) -> Float[Array, "x b c"]:

@@ -1,16 +1,25 @@
-"""The step engine: compiled serving steps, the cascade tier loop, argument checks."""
+"""The step engine: compiled serving steps (one device or data-parallel over a mesh), the
+cascade tier loop, escalated rows rebalanced across data shards, argument checks."""
 
 from elang_jax.engine._cascade import TierFn, TierResult, cascade_loop
+from elang_jax.engine._data_parallel import DATA_AXIS, DataParallel, active_layout
 from elang_jax.engine._inputs import step_count, step_threshold, step_thresholds, step_valid
+from elang_jax.engine._rebalance import balanced_apply, escalate_apply, exchange_capacity
 from elang_jax.engine._step import CompiledStep, StepEngine, StepProgram
 
 __all__ = [
+    "DATA_AXIS",
     "CompiledStep",
+    "DataParallel",
     "StepEngine",
     "StepProgram",
     "TierFn",
     "TierResult",
+    "active_layout",
+    "balanced_apply",
     "cascade_loop",
+    "escalate_apply",
+    "exchange_capacity",
     "step_count",
     "step_threshold",
     "step_thresholds",

@@ -17,7 +17,7 @@ from typing import Any
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from elang_jax.core import compact_apply
+from elang_jax.engine._rebalance import escalate_apply
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +59,9 @@ def cascade_loop(
 
     Returns:
       predictions [b], tier [b], logits [b c], scores [b K] (NaN where a tier did not
-      run), and each extra field as [b K].
+      run), each extra field as [b K], and buckets_used [1 K]: the rows each tier ran on
+      (tier 0: all b; an escalated tier: its bucket, 0 when skipped). Under a data-parallel
+      step each shard reports its own row, stacked by the engine into [shards K].
     """
     fills = dict(fills or {})
     n = len(tiers)
@@ -75,6 +77,7 @@ def cascade_loop(
     for key, fill in fills.items():
         column = jnp.where(valid, first.extra[key], fill)
         state[key] = jnp.full((b, n), fill, column.dtype).at[:, 0].set(column)
+    used = [jnp.int32(b)]
     for k in range(1, n):
 
         def escalated(rows, row_valid, k=k):
@@ -92,8 +95,13 @@ def cascade_loop(
             return new
 
         keep = {key: state[key] for key in ("scores", *fills)}
-        state, _ = compact_apply(
+        # Escalated rows: packed on this shard, or first dealt out evenly over the data
+        # shards when the step rebalances.
+        state, rows = escalate_apply(
             escalated, ~state["done"], dict(inputs=inputs[k], **keep), state, buckets
         )
+        used.append(rows)
     state.pop("done")
+    # [1 K]
+    state["buckets_used"] = jnp.stack(used)[None]
     return state

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from elang_jax.core import (
@@ -72,6 +73,8 @@ class ExitStepOutput:
       layers: [b] layers run for the example (its exit layer).
       logits: [b c] float32 logits at that exit.
       scores: [b] the policy's confidence score at that exit (float32).
+      buckets_used: [shards x] rows each segment (the layers up to an exit) ran on, per
+        data shard (one row without a mesh); 0 where a segment was skipped.
     """
 
     predictions: Int[Array, " b"]
@@ -79,6 +82,7 @@ class ExitStepOutput:
     layers: Int[Array, " b"]
     logits: Float[Array, "b c"]
     scores: Float[Array, " b"]
+    buckets_used: Int[Array, "shards x"]
 
 
 for _cls in (MultiExitOutput, ExitStepOutput):
@@ -231,7 +235,13 @@ class MultiExit(nnx.Module):
         )
 
     # ------------------------------------------------------------------ batched step
-    def exit_step(self, batch_size: int, policy: ExitPolicy | str | None = None) -> CompiledStep:
+    def exit_step(
+        self,
+        batch_size: int,
+        policy: ExitPolicy | str | None = None,
+        *,
+        mesh: Mesh | None = None,
+    ) -> CompiledStep:
         """The compiled `step(inputs, valid=None, threshold=None, patience=None)`, returning
         an `ExitStepOutput`.
 
@@ -240,13 +250,15 @@ class MultiExit(nnx.Module):
         (float) and `patience` (int) default to the config's and may change between calls
         without recompiling. `policy` overrides the config's. Steps are cached per batch
         size and policy; each reads the module's current parameters, temperatures and
-        structure on every call.
+        structure on every call. With a `mesh`, the rows are split over its "data" (and
+        "expert") axes and each shard packs its own rows after each exit
+        (`elang_jax.engine.DataParallel`).
         """
         policy = ExitPolicy(self.config.policy if policy is None else policy)
         engines = self._steps.engines.setdefault(self, {})
         if policy not in engines:
             engines[policy] = StepEngine(_ExitProgram(self, policy), self.config.bucket_fractions)
-        return engines[policy].step(batch_size)
+        return engines[policy].step(batch_size, mesh)
 
 
 class _StepCache:
@@ -383,6 +395,7 @@ def exit_loop(
         agree=jnp.zeros((b,), jnp.int32),
     )
     start = 0
+    used = []
     for k, stop in enumerate(exits):
 
         def segment(rows, row_valid, k=k, start=start, stop=stop):
@@ -413,7 +426,8 @@ def exit_loop(
         # Rows that already left keep their answers; their tokens are dropped (zeros of the
         # shapes this segment leaves behind, which pruning may have narrowed).
         default = dict(carry, state=StackState.zeros(b, counts[stop - 1], d, state.h.dtype))
-        carry, _ = compact_apply(segment, ~carry["done"], carry, default, buckets)
+        carry, packing = compact_apply(segment, ~carry["done"], carry, default, buckets)
+        used.append(jnp.asarray(buckets, jnp.int32)[packing.bucket])
         start = stop
     layers = jnp.asarray(exits, jnp.int32)[carry["exit_index"]]
     return dict(
@@ -422,4 +436,6 @@ def exit_loop(
         layers=jnp.where(valid, layers, 0),
         logits=carry["logits"],
         scores=carry["scores"],
+        # [1 x]
+        buckets_used=jnp.stack(used)[None],
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from flax import nnx
+from jax.sharding import Mesh
 
 from elang_jax.hf import _io
 from elang_jax.hf._registry import family_and_head_for_model, family_for_model_type
@@ -24,6 +25,8 @@ def from_pretrained(
     num_labels: int | None = None,
     dtype: Any = None,
     seed: int = 0,
+    mesh: Mesh | None = None,
+    rules: Any = None,
     **config_overrides: Any,
 ) -> nnx.Module:
     """Loads a Hugging Face checkpoint as the matching NNX model.
@@ -36,6 +39,10 @@ def from_pretrained(
         (e.g. a classifier on a bare encoder) initialises that head's weights from `seed`.
       num_labels: overrides the number of classes of a classification head.
       dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+      mesh: load straight into this mesh (`elang_jax.sharding.make_mesh`): the model is
+        built abstractly and each tensor goes to its shard only (`elang_jax.sharding`'s
+        rules place every parameter). None: one device, as usual.
+      rules: the logical-axis rules for `mesh` (default `sharding.LOGICAL_AXIS_RULES`).
       **config_overrides: other fields of the family's config (e.g. hidden_dropout=0.0).
         Overriding the layer count with fewer layers than the checkpoint keeps its first
         layers (e.g. a 2-layer Swift model from a 6-layer checkpoint).
@@ -79,7 +86,18 @@ def from_pretrained(
     if overrides:
         config = dataclasses.replace(config, **overrides)
 
-    model = family.heads[head](config, rngs=nnx.Rngs(seed))
+    def build() -> nnx.Module:
+        return family.heads[head](config, rngs=nnx.Rngs(seed))
+
+    loader = None
+    if mesh is None:
+        model = build()
+    else:
+        from elang_jax.sharding._load import ShardedLoader
+        from elang_jax.sharding._rules import LOGICAL_AXIS_RULES
+
+        loader = ShardedLoader(build, mesh, LOGICAL_AXIS_RULES if rules is None else rules)
+        model = loader.model
     ruleset = family.rules(model.config, head, checkpoint_head)  # type: ignore[attr-defined]
     ignore = list(ruleset.ignore)
     if overrides and family.dropped_layers is not None:
@@ -91,7 +109,10 @@ def from_pretrained(
         aliases=ruleset.aliases,
         ignore=ignore,
         source=str(path),
+        place=None if loader is None else loader.place,
     )
+    if loader is not None:
+        model = loader.finish()
     if report.initialised:
         log.warning(
             "%s: initialised %d tensors absent from the checkpoint (new %s head): %s",

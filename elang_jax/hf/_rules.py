@@ -13,6 +13,7 @@ import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -150,6 +151,7 @@ def load_into(
     aliases: Mapping[str, Sequence[str]] | None = None,
     ignore: Sequence[str] = (),
     source: str = "checkpoint",
+    place: Callable[[Path, np.ndarray, nnx.Variable], jax.Array] | None = None,
 ) -> LoadReport:
     """Copies `tensors` into `model` in place following `rules`.
 
@@ -158,6 +160,9 @@ def load_into(
         checkpoints, tied copies). The first present name is used; the others are consumed.
       ignore: fnmatch patterns of tensors that are known not to belong to the model
         (buffers, other heads); anything else left over is an error.
+      place: makes each converted tensor a device array (path, numpy value, the model's
+        variable); None: `jnp.asarray` in the variable's dtype. Sharded loading
+        (`elang_jax.sharding`) puts each tensor straight into its shard with it.
 
     Raises:
       CheckpointMismatchError listing every missing, unexpected, mis-shaped and mis-typed
@@ -201,7 +206,10 @@ def load_into(
         raise CheckpointMismatchError(missing, unexpected, mis_shaped, source, mis_typed)
     for path, value in updates.items():
         var = flat[path]
-        var[...] = jnp.asarray(value, dtype=var.dtype)
+        if place is None:
+            var[...] = jnp.asarray(value, dtype=var.dtype)
+        else:
+            var.set_value(place(path, value, var))
     nnx.update(model, nnx.from_flat_state(flat))
     return LoadReport(tuple(initialised), tuple(ignored))
 

@@ -40,6 +40,7 @@ from elang_jax.models._common import (
     is_concrete,
     update_cache,
 )
+from elang_jax.models._decode import update_cache_rows
 from elang_jax.models._gpt2_config import GPT2Config
 from elang_jax.models._gpt2_generate import _generate_jit, greedy_decode
 from elang_jax.models._outputs import EncoderOutput, LMOutput
@@ -153,16 +154,21 @@ class GPT2Block(nnx.Module):
         bias: Float[Array, "b 1 t s"],
         *,
         cache: KVCache | None = None,
-        cache_index: Int[Array, ""] | int | None = None,
+        cache_index: Int[Array, ""] | Int[Array, " b"] | int | None = None,
         return_probs: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> tuple[Float[Array, "b t d"], Float[Array, "b h t s"] | None, KVCache | None]:
+        """`cache_index` is one slot for every row, or [b] a slot per row (speculative
+        decoding, where each row has accepted a different number of tokens)."""
         x = self.ln_1(h)
         k, v = self.attention.project_kv(x)
         if cache is not None:
             assert cache_index is not None, "a cache needs cache_index"
             # The new keys land in their slots first, so the queries see themselves.
-            cache = update_cache(cache, k, v, cache_index)
+            if jnp.ndim(cache_index) == 1:
+                cache = update_cache_rows(cache, k, v, jnp.asarray(cache_index))
+            else:
+                cache = update_cache(cache, k, v, cache_index)
             k, v = cache.key, cache.value
         # Attention-probability dropout (attn_dropout) is folded into the residual dropout,
         # as in BertLayer: HF drops the probabilities themselves; only training differs.
@@ -279,7 +285,7 @@ class GPT2Model(nnx.Module):
         *,
         positions: Int[Array, "b t"] | None = None,
         cache: Cache | None = None,
-        cache_index: Int[Array, ""] | int | None = None,
+        cache_index: Int[Array, ""] | Int[Array, " b"] | int | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         rngs: nnx.Rngs | None = None,
@@ -295,6 +301,7 @@ class GPT2Model(nnx.Module):
             the tokens it kept; they need not be sorted.
           cache: the whole stack's cache (one entry per layer); entries [start, stop) are
             updated at slots cache_index..cache_index+t-1 and returned in `.cache`.
+          cache_index: the first new token's slot, one for all rows or [b] one per row.
 
         Returns:
           `DecoderOutput` with the last layer's raw output (no final norm); `hidden_states`,
@@ -324,11 +331,11 @@ class GPT2Model(nnx.Module):
             c = self.check_cache(cache, b)
             if attention_mask is not None:
                 check_mask(attention_mask, (b, c), "attention_mask (one entry per cache slot)")
-            query_pos = (
-                jnp.broadcast_to(cache_index + jnp.arange(t, dtype=jnp.int32), (b, t))
-                if positions is None
-                else positions
-            )
+            # [b t] from per-row start slots, or [t] from one slot shared by every row.
+            first = jnp.asarray(cache_index, jnp.int32)
+            steps = jnp.arange(t, dtype=jnp.int32)
+            slots = first[:, None] + steps[None, :] if first.ndim == 1 else first + steps
+            query_pos = jnp.broadcast_to(slots, (b, t)) if positions is None else positions
             key_pos = jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (b, c))
         bias = causal_bias(query_pos, key_pos, attention_mask)
 

@@ -34,6 +34,7 @@ from elang_jax.models._common import (
     dropout,
     update_cache,
 )
+from elang_jax.models._decode import update_cache_rows
 from elang_jax.models._outputs import EncoderOutput
 from elang_jax.models._t5_config import T5Config
 
@@ -225,20 +226,24 @@ class T5Layer(nnx.Module):
         bias: Float[Array, "#b h t _"],
         *,
         cache: KVCache | None = None,
-        cache_index: Int[Array, ""] | int | None = None,
+        cache_index: Int[Array, ""] | Int[Array, " b"] | int | None = None,
         cross_kv: KVCache | None = None,
         cross_bias: Float[Array, "b 1 1 s"] | None = None,
         return_probs: bool = False,
         rngs: nnx.Rngs | None = None,
     ) -> tuple[Float[Array, "b t d"], Float[Array, "b h t _"] | None, KVCache | None]:
-        """One layer. With `cache`, the new keys/values are written at `cache_index` and the
-        queries attend over the whole cache (`bias` masks what is not yet written)."""
+        """One layer. With `cache`, the new keys/values are written at `cache_index` (one
+        slot for every row, or [b] a slot per row: speculative decoding) and the queries
+        attend over the whole cache (`bias` masks what is not yet written)."""
         x = self.attention_norm(h)
         kv = None
         if cache is not None:
             assert cache_index is not None, "a cache needs cache_index"
             k, v = self.attention.project_kv(x)
-            cache = update_cache(cache, k, v, cache_index)
+            if jnp.ndim(cache_index) == 1:
+                cache = update_cache_rows(cache, k, v, jnp.asarray(cache_index))
+            else:
+                cache = update_cache(cache, k, v, cache_index)
             kv = (cache.key, cache.value)
         # Attention-probability dropout is folded into the output dropout (as in BertLayer).
         attn, probs = self.attention(x, bias, kv=kv, return_probs=return_probs)

@@ -7,13 +7,20 @@ MoE FFNs (MoEfication: split neurons into experts with a `SplitMethod`, train ML
 hidden states from `collect_ffn_inputs`). `relu_copy` and `relufy_glue` ReLU-fy a GELU
 classifier first; `moefy_sweep` and `moefy_glue` score MoEfied copies over a grid;
 `expert_load` reports how each layer's tokens spread over its experts (why MoE is or is not
-fast on real data).
+fast on real data). `expert_parallel_apply` / `ExpertParallelFFN` run a layer with its
+experts split over a mesh's "expert" axis (all-to-all token exchange).
 """
 
 # MoEfication (_calibrate, _moefy, _split), the layer and its configuration (_config, _layer),
 # ReLU-fication (_relufy), MoEfication sweeps (_sweep) and the expert load report (_load)
 from elang_jax.moe._calibrate import calibrate_moefied
 from elang_jax.moe._config import GateKind, MoEConfig, MoEImpl, RouterKind
+from elang_jax.moe._expert_parallel import (
+    ExpertParallelConfig,
+    ExpertParallelFFN,
+    ExpertParallelOutput,
+    expert_parallel_apply,
+)
 from elang_jax.moe._layer import MoEFeedForward, MoEOutput, moe_aux_loss
 from elang_jax.moe._load import ExpertLoad, expert_load, format_expert_load
 from elang_jax.moe._moefy import (
@@ -30,6 +37,9 @@ from elang_jax.moe._sweep import SweepConfig, moefy_glue, moefy_sweep
 
 __all__ = [
     "ExpertLoad",
+    "ExpertParallelConfig",
+    "ExpertParallelFFN",
+    "ExpertParallelOutput",
     "GateKind",
     "MoEConfig",
     "MoEFeedForward",
@@ -43,6 +53,7 @@ __all__ = [
     "captured_mass",
     "collect_ffn_inputs",
     "expert_load",
+    "expert_parallel_apply",
     "ffn_sites",
     "format_expert_load",
     "merge_experts",

@@ -28,6 +28,9 @@ from elang_jax.training._difficulty import (
     load_run_config,
 )
 
+# Distillation from a teacher's logits.
+from elang_jax.training._distill import DistillationLoss, DistillConfig, training_set_logits
+
 # Evaluation.
 from elang_jax.training._eval import classification_metrics, evaluate
 
@@ -68,6 +71,10 @@ __all__ = [
     "checkpoint_predictions",
     "difficulty_labels",
     "load_run_config",
+    # Distillation
+    "DistillConfig",
+    "DistillationLoss",
+    "training_set_logits",
     # Hooks
     "ForwardHook",
     "LossHook",

@@ -189,6 +189,7 @@ def train_and_evaluate(
     *,
     loss: LossHook | None = None,
     forward: ForwardHook | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes, checkpointing and evaluating along the way; resumes from workdir if it can.
 
@@ -209,6 +210,9 @@ def train_and_evaluate(
       loss: the loss hook (`LossHook`); None: mean cross-entropy (`cross_entropy_loss`).
       forward: the forward hook (`ForwardHook`); None: the classifier's own forward.
         Evaluation always runs the plain classifier.
+      mesh: train on this mesh (`elang_jax.sharding.make_mesh`): batches split over its
+        data axis, parameters by `elang_jax.sharding`'s rules; a checkpoint written on one
+        mesh resumes on any other. `batch_size` must divide over the data shards.
 
     Returns:
       The final evaluation metrics on `config.eval_split` (e.g. `accuracy`, `f1`, `loss`),
@@ -239,11 +243,22 @@ def train_and_evaluate(
     optimizer, train_step = _optimizer_and_train_step(
         graphdef, _step_key(config), total_steps, loss, forward
     )
-    # Committed to the device like the arrays orbax restores: jit compiles separately for
-    # committed and uncommitted arguments, and a resumed run would otherwise compile its
-    # steps twice.
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    state = _TrainState(*jax.device_put((params, optimizer.init(params)), device), step=0)
+    put_batch: Any = dict
+    if mesh is None:
+        # Committed to the device like the arrays orbax restores: jit compiles separately for
+        # committed and uncommitted arguments, and a resumed run would otherwise compile its
+        # steps twice.
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        state = _TrainState(*jax.device_put((params, optimizer.init(params)), device), step=0)
+    else:
+        from elang_jax.sharding._train import train_on_mesh  # it imports this package
+
+        key = jax.random.key(config.seed)  # the key of `_optimizer_and_train_step`
+        placed = train_on_mesh(
+            mesh, graphdef, params, rest, optimizer, key, loss=loss, forward=forward
+        )
+        rest, train_step, put_batch = placed.rest, placed.step_fn, placed.put_batch
+        state = _TrainState(placed.params, placed.opt_state, step=0)
 
     manager = ocp.CheckpointManager(
         (workdir / CHECKPOINT_DIR).absolute(),
@@ -324,6 +339,7 @@ def train_and_evaluate(
             for batch in _take(batches, end_step - state.step):
                 device_batch = _device_batch(batch)
                 device_batch.update(batch_rows(arrays, batch))
+                device_batch = put_batch(device_batch)
                 params, opt_state, step_metrics = train_step(
                     state.params,
                     rest,

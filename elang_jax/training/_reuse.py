@@ -20,15 +20,19 @@ from elang_jax.training._finetune import (
     stored_run_settings,
     train_and_evaluate,
 )
+from elang_jax.training._hooks import LossHook
 
 
-def finished_run(workdir: str | Path, config: FinetuneConfig) -> dict[str, Any] | None:
-    """The final metrics of a finished run with the same settings in `workdir`, else None."""
+def finished_run(
+    workdir: str | Path, config: FinetuneConfig, *, loss: LossHook | None = None
+) -> dict[str, Any] | None:
+    """The final metrics of a finished run with the same settings (and loss hook) in
+    `workdir`, else None."""
     workdir = Path(workdir)
     metrics_file = workdir / METRICS_FILE
     if not metrics_file.is_file():
         return None
-    if stored_run_settings(workdir) != run_settings(config):
+    if stored_run_settings(workdir) != run_settings(config, loss=loss):
         return None
     # The "final" record is written after final/ is complete: it marks a finished run.
     finals = [r for r in map(json.loads, metrics_file.read_text().splitlines()) if r.get("final")]
@@ -44,18 +48,20 @@ def train_or_reuse(
     name: str,
     remedy: str = "another cache directory",
     error: type[Exception] = ValueError,
+    loss: LossHook | None = None,
 ) -> tuple[dict[str, Any], float, bool]:
     """Fine-tunes into `workdir`, or reuses the finished run there with the same settings.
 
     Returns (final metrics, seconds spent training in this call, whether it was reused). A
     run with other settings in `workdir` raises `error` naming model `name` and `remedy`.
+    `loss` is the run's loss hook (None: cross-entropy), part of its settings.
     """
-    done = finished_run(workdir, config)
+    done = finished_run(workdir, config, loss=loss)
     if done is not None:
         return done, 0.0, True
     t0 = time.perf_counter()
     try:
-        done = train_and_evaluate(config, workdir)
+        done = train_and_evaluate(config, workdir, loss=loss)
     except ValueError as e:
         if "different settings" in str(e):
             raise error(
