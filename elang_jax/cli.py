@@ -134,6 +134,7 @@ def _demo(args: argparse.Namespace) -> int:
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True
     )
     logging.getLogger("elang_jax.training").setLevel(logging.INFO)
+    logging.getLogger("elang_jax.benchmarks").setLevel(logging.INFO)  # demo --pair's stages
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         if args.pair:

@@ -26,6 +26,7 @@ Shape vocabulary: n examples, c classes, b batch rows, v valid rows of a batch.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ from elang_jax.routing import Score, score
 from elang_jax.timing import batch_inputs, logits_fn, time_against_reference
 from elang_jax.training._finetune import FINAL_DIR
 
+log = logging.getLogger(__name__)
 SUPER_ROW, SWIFT_ROW = "Super alone", "Swift alone"
 
 # ----------------------------------------------------------------------------------------------
@@ -197,15 +199,24 @@ def evaluate_pair(
             flop_speedup=super_flops / _flops(cfg[SWIFT], dev_batches, SWIFT),
         ),
     ]
-    for method in config.methods:
+    for i, method in enumerate(config.methods):
         forwards[method.name], row, predictions[method.name] = _cascade_row(
             config, method, models, logits, calib_enc, dev_batches, y_cal, super_flops
         )
         rows.append(row)
+        log.info(
+            "method %d/%d %s: threshold %.4f, %.1f%% sent to Super",
+            i + 1,
+            len(config.methods),
+            method.name,
+            row["threshold"],
+            100 * row["to_super"],
+        )
     for r in rows:
         r["accuracy"] = _accuracy(predictions[r["method"]], y_dev)
 
     timed = _timing_subset(dev_batches, config.timing_batches)
+    log.info("timing %d rows against Super, %d rounds", len(forwards) - 1, config.timing_rounds)
     timings = time_against_reference(
         forwards[SUPER_ROW],
         {k: f for k, f in forwards.items() if k != SUPER_ROW},
