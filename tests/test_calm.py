@@ -109,6 +109,7 @@ def test_t5_infinite_threshold_is_generate(t5):
     np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref))
 
 
+@pytest.mark.slow  # the GPT-2 sibling above runs by default; same loop, same exit rule
 def test_t5_always_exit_is_first_layer_decoding(t5):
     model, src, mask = t5
     out = calm_generate_t5(model, src, mask, N, CalmConfig(threshold=-math.inf))

@@ -398,6 +398,7 @@ def test_tiny_end_to_end(tokenizer_dir, tmp_path, fast_compile):
         assert a["flop_speedup"] == pytest.approx(b["flop_speedup"])
 
 
+@pytest.mark.slow  # the trainer's own Ctrl-C resume test (test_training.py) runs by default
 def test_ctrl_c_during_fine_tuning_resumes_with_the_same_numbers(
     tokenizer_dir, tmp_path, fast_compile, monkeypatch
 ):
