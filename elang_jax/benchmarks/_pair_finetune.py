@@ -16,9 +16,12 @@ from elang_jax.benchmarks._pair_methods import SWIFT, SWIFT_CE, SWIFT_DAR, swift
 from elang_jax.benchmarks._pair_models import Finetuned, finetune, finetune_config
 from elang_jax.benchmarks._pair_models import base_checkpoint as _base
 from elang_jax.cascade import DarConfig, DifficultyAwareLoss
+from elang_jax.checkpoints import sha256_of
+from elang_jax.training._finetune import FINAL_DIR
 
 HARD_FILE = "hard.npy"  # CascadeBERT's hard flags over the DAR Swift's training set
-TEACHER_FILE = "teacher_logits.npy"  # the Super's logits over a distilled Swift's training set
+# The Super's logits over a distilled Swift's training set (named by the Super's weights).
+TEACHER_FILE = "teacher_logits_{}.npy"
 
 
 def finetune_configs(config: PairEvalConfig) -> dict[str, training.FinetuneConfig]:
@@ -85,7 +88,10 @@ def _distilled_swift(
     distill = config.swift.distill
     assert distill is not None
     workdir = swift_workdir(config)
-    teacher_file = workdir / TEACHER_FILE
+    # Named by the Super's weights: a Super fine-tuned again gets new soft labels (and the
+    # Swift's run, which records them by content, is then another run), never stale ones.
+    weights = sha256_of(teacher.workdir / FINAL_DIR / "model.safetensors")
+    teacher_file = workdir / TEACHER_FILE.format(weights[:12])
     if not teacher_file.is_file():
         # The Super's logits over the Swift's training set are the soft labels.
         logits, _ = training.training_set_logits(
