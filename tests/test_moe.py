@@ -118,6 +118,7 @@ def test_implementations_match_dense_reference_forward_and_gradient(name, impl):
         assert_close(got, want)
 
 
+@pytest.mark.slow  # TILED (the default) has the same adversarial case in test_moe_tiled
 def test_capacity_impl_dropless_with_every_token_on_one_expert():
     # A LINEAR router with a huge weight on one expert sends every token's first choice there:
     # the busiest expert holds n assignments, so the largest static bucket must be used.

@@ -40,6 +40,8 @@ from elang_jax.pruning import (
 from elang_jax.testing import assert_close
 
 VARIANTS = [AccVariant.ATTENTION, AccVariant.VALUE_NORM]
+# The variants differ only in the score; the heavier equivalence tests run VALUE_NORM slow.
+VARIANTS_LIGHT = [AccVariant.ATTENTION, pytest.param(AccVariant.VALUE_NORM, marks=pytest.mark.slow)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def test_bert_rate_one_is_the_unpruned_model(rng, variant):
     np.testing.assert_array_equal(out.positions, np.broadcast_to(np.arange(16), (4, 16)))
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS_LIGHT)
 def test_bert_dropping_only_padding_changes_nothing(rng, variant):
     model = _bert()
     # Counts (16, 8, 4): every row has at most 4 real tokens, so only padding goes.
@@ -232,7 +234,7 @@ def _reference_classify(model, ids, mask, schedule):
     return np.stack(logits), np.stack(kept)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", VARIANTS_LIGHT)
 def test_bert_matches_per_example_reference(rng, variant):
     model = _bert()
     ids, mask = _batch(rng, [16, 12, 7, 2], 16)
@@ -324,6 +326,7 @@ def test_gpt2_rate_one_is_the_unpruned_model(rng, variant):
     )
 
 
+@pytest.mark.slow  # sibling by default: test_gpt2_rate_one_is_the_unpruned_model
 def test_gpt2_dropping_only_padding_generates_the_same(rng):
     model = _gpt2()
     # Counts (12, 6, 3): rows of at most 3 real tokens lose only left padding.
