@@ -81,9 +81,11 @@ cores, a cached one under 2.
 
 --pair runs the large pair instead: all-MiniLM-L6-v2 as Swift (distilled from Super's soft
 labels) in front of all-mpnet-base-v2 (12 layers) as Super, every cascade method (E-LANG,
-TangoBERT, CascadeBERT with and without DAR) at the accuracy and the guarantee target, and
-the same checkpoints in PyTorch cascaded the peers' way, timed against our step. Cache:
-~/.cache/elang_jax/pair/TASK (or --cache-dir)."""
+TangoBERT, CascadeBERT with and without DAR) at the accuracy and the guarantee target, the
+composed pair (E-LANG router, both models exiting early, Super pruning tokens) and the same
+checkpoints in PyTorch cascaded the peers' way, timed against our step. --task sst2 (the
+default) or a sentence-pair task (mrpc). Cache: ~/.cache/elang_jax/pair/TASK (or
+--cache-dir)."""
 
 
 def demo_config(args: argparse.Namespace):
@@ -208,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pair",
         action="store_true",
         help="the large pair: a MiniLM-L6 Swift (distilled from Super) in front of a 12-layer "
-        "MPNet-base Super, every cascade method, PyTorch peers (SST-2; about an hour first)",
+        "MPNet-base Super, every cascade method, the composed pair, PyTorch peers (SST-2 or "
+        "MRPC; over an hour the first time)",
     )
     demo.add_argument("--timing-rounds", type=int, help="interleaved timing rounds (median)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")

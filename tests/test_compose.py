@@ -213,6 +213,31 @@ def test_alone_equals_in_a_batch(full_system, pool):
     assert (np.asarray(alone.layers)[rows != 3] == 0).all()
 
 
+@pytest.mark.slow  # a second compilation of the full system; test_eval_pair covers the path
+def test_per_tier_inputs(full_system, pool):
+    """Tiers with their own tokenizers get one inputs dict each, of their own length, and
+    the FLOP model counts each tier at its own length."""
+    step = full_system.serving_step(B)
+    rows = np.arange(B)
+    shared = _batch(pool, rows)
+    out = step(shared)
+    # Super's inputs padded to 4 more tokens: Swift's decisions are unchanged, and on these
+    # inputs Super's answers too (masked padding; ACC keeps counts of the padded length).
+    ids, mask = shared["input_ids"], shared["attention_mask"]
+    longer = _inputs(np.pad(ids, ((0, 0), (0, 4))), np.pad(mask, ((0, 0), (0, 4))))
+    own = step([shared, longer])
+    np.testing.assert_array_equal(np.asarray(own.tier), np.asarray(out.tier))
+    np.testing.assert_array_equal(np.asarray(own.predictions), np.asarray(out.predictions))
+    flops = full_system.example_flops(own, [T, T + 4])
+    up = np.asarray(own.tier) == 1
+    assert (flops[up] > full_system.example_flops(out, T)[up]).all()
+    np.testing.assert_array_equal(flops[~up], full_system.example_flops(out, T)[~up])
+    with pytest.raises(ValueError, match="need inputs for 2 tiers, got 3"):
+        step([shared] * 3)
+    with pytest.raises(ValueError, match="one length per tier"):
+        full_system.example_flops(out, [T])
+
+
 def test_offline_replay_matches_the_step(full_system, pool):
     batches = _batches(pool)
     outcomes = [tier_outcomes(full_system, k, batches, POOL) for k in range(2)]

@@ -242,19 +242,27 @@ def test_cli_reports_a_missing_eval_file(tmp_path, capsys):
 
 
 def test_pair_flag(tmp_path, capsys):
-    """`demo --pair`: the large pair's config from the flags; SST-2 only, said before any
-    download; a missing --eval-file is named before any fine-tuning."""
-    from elang_jax.demo._pair import DISTILLED_SWIFT, pair_config
+    """`demo --pair`: the large pair's config from the flags, SST-2's or a sentence-pair
+    task's; a missing --eval-file is named before any fine-tuning."""
+    from elang_jax.benchmarks import Distill, PairComposed
+    from elang_jax.demo._pair import pair_config
 
     args = build_parser().parse_args(["demo", "--pair", "--cache-dir", str(tmp_path)])
     assert args.pair
     config = pair_config(cache_dir=args.cache_dir)
-    assert config.cache_path == tmp_path and config.swift == DISTILLED_SWIFT
+    assert config.cache_path == tmp_path and config.swift.distill == Distill()
+    # The distilled Swift trains on twice the plain recipe's phrases; CascadeBERT's on those.
+    assert config.swift.finetune.train_examples == 2 * config.plain_swift.train_examples
     assert config.peers and config.guarantee_delta is not None and config.cascadebert
+    assert config.composed == PairComposed()
     quick = pair_config(quick=True, timing_rounds=2)
     assert quick.eval_limit == 128 and quick.timing_rounds == 2 and not quick.peers
-    assert main(["demo", "--pair", "--task", "mrpc", "--cache-dir", str(tmp_path)]) == 2
-    assert "--pair runs SST-2 only" in capsys.readouterr().err
+    mrpc = pair_config("mrpc", cache_dir=tmp_path)
+    assert mrpc.task == "mrpc" and mrpc.max_length == 128
+    assert mrpc.calibration.holdout_kind == "random" and mrpc.eval_buckets[-1] == 128
+    # Every training pair: the distilled Swift gets twice the plain recipe's epochs.
+    assert mrpc.swift.finetune.epochs == 2 * mrpc.plain_swift.epochs
+    assert mrpc.swift.finetune.train_examples is None
     missing = str(tmp_path / "nope.tsv")
     assert main(["demo", "--pair", "--cache-dir", str(tmp_path), "--eval-file", missing]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from elang_jax.cascade import Cascade, Tier, TierConfig
 from elang_jax.cascade._seq2seq import ElangSeq2Seq, EnergyHead, Seq2SeqCascadeConfig
 from elang_jax.compose import ComposedClassifier, ComposedConfig, ComposedTierConfig
 from elang_jax.core import StackState, full_counts, run_stack
-from elang_jax.engine import CompiledStep, step_count, step_thresholds, step_valid
+from elang_jax.engine import CompiledStep, per_tier, step_count, step_thresholds, step_valid
 from elang_jax.exits import MultiExit, MultiExitConfig
 from elang_jax.models import BertConfig, BertForSequenceClassification
 from elang_jax.models._t5 import T5Config, T5ForConditionalGeneration
@@ -214,6 +214,13 @@ def test_argument_helpers():
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="integer >= 1"):
             step_count("patience", bad, 2)
+    shared, own = {"input_ids": np.ones((2, 3))}, {"input_ids": np.ones((2, 5))}
+    assert per_tier(shared, 2) == [shared, shared]
+    assert per_tier([shared, own], 2) == [shared, own]
+    with pytest.raises(ValueError, match="need inputs for 2 tiers, got 1"):
+        per_tier([shared], 2)
+    with pytest.raises(TypeError):  # the runtime type checker's, or per_tier's own
+        per_tier(np.ones((2, 3)), 2)
 
 
 # ---------------------------------------------------------------------------------- runner

@@ -1,4 +1,4 @@
-"""The pair experiment (eval/pair_sst2.py, `elang_jax.benchmarks.evaluate_pair`): its config,
+"""The pair experiment (eval/pair.py, `elang_jax.benchmarks.evaluate_pair`): its config,
 per-tier batches, and one end-to-end run of the `tiny` preset on tiny random models, each
 tier with its own real tokenizer (MPNet's for Super, MiniLM's for Swift)."""
 
@@ -46,6 +46,15 @@ def test_config_validation(minilm_dir):
     tiny = B.PairEvalConfig.tiny(minilm_dir, minilm_dir, cache_dir="/tmp/x")
     layers = [m.model_config.num_layers for m in (tiny.super_, tiny.swift) if m.model_config]
     assert layers == [2, 1]
+    # The composed pair: exits end at the last layer, keep-schedule targets speed up.
+    with pytest.raises(ValueError, match="composed.super_exits: exit_layers must be strictly"):
+        B.PairComposed(super_exits=(8, 4, 12))
+    with pytest.raises(ValueError, match="acc_targets must be > 1"):
+        B.PairComposed(acc_targets=(0.9,))
+    with pytest.raises(ValueError, match="exit_train_examples"):
+        B.PairComposed(exit_train_examples=0)
+    assert B.PairEvalConfig(composed={"grid": 5}).composed == B.PairComposed(grid=5)
+    assert B.PairEvalConfig(composed=None).composed is None
 
 
 def test_methods_and_targets(minilm_dir, mpnet_dir):
@@ -103,7 +112,7 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     assert any("E-LANG energy" in line for line in printed)
     rows = {r["method"]: r for r in result["rows"]}
     methods = config.methods
-    assert list(rows) == [SUPER_ROW, SWIFT_ROW, *(m.name for m in methods)]
+    assert list(rows) == [SUPER_ROW, SWIFT_ROW, *(m.name for m in methods), B.COMPOSED_ROW]
     # Every score; CascadeBERT with and without DAR.
     assert {m.score for m in methods} == {"energy", "softmax_lse", "max_prob"}
     assert {m.swift for m in methods} == {"swift", "swift_ce", "swift_dar"}
@@ -143,7 +152,17 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     for p in result["peers"].values():
         assert p["routing_of"] == methods[0].name and p["ours_speedup"] > 0
         assert p["prediction_agreement"] >= 0.95  # float noise may flip a borderline row
-    assert set(result["goals"]) >= {"accuracy_drop_met", "measured_speedup_met"}
+    # The composed pair: calibrated jointly, its compiled step equal to the offline replay.
+    c = rows[B.COMPOSED_ROW]
+    assert c["calib_replay_agreement"] == 1.0
+    assert c["swift_exits"] == [1] and c["super_exits"] == [1, 2]
+    assert 1.0 <= c["super_layers_mean_escalated"] <= 2.0 or c["to_super"] == 0.0
+    assert c["swift_layers_mean"] == 1.0
+    assert 0.0 < c["acc_rate"] <= 1.0 and len(c["keep_schedules"]) >= 1
+    assert c["flop_speedup"] > 0 and isinstance(c["target_met"], bool)
+    assert set(result["goals"]) == {"E-LANG energy", B.COMPOSED_ROW}
+    for g in result["goals"].values():
+        assert {"accuracy_drop_met", "measured_speedup_met", "measured_over_flop_met"} <= set(g)
     assert result["goals"] == goals(result["rows"])
     table = B.format_pair(result)
     assert "E-LANG energy" in table and "goals" in table and "fine-tuned now" in table

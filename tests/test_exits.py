@@ -3,6 +3,7 @@ single-example runs; training of the exits; calibration; bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -174,6 +175,36 @@ def test_stage_two_trains_heads_only(model, pool):
     # The trained heads fit their training labels better than chance.
     logits = np.asarray(me.logits_from_features(jnp.asarray(cls), out.last_cls))
     assert (logits[0].argmax(-1) == labels).mean() > 0.8
+
+
+def test_frozen_exits_end_to_end_and_heads_round_trip(model, pool):
+    """`train_frozen_exits` (features, then heads) on an Encoded set; `ExitHeads` holds
+    exactly the trained part, so loading it into a fresh MultiExit reproduces the exits."""
+    from elang_jax import data
+    from elang_jax.exits import ExitHeads, train_frozen_exits
+
+    ids, mask = pool
+    lengths = mask.sum(-1)
+    labels = (ids[:, 1] % 3).astype(np.int32)  # learnable from the first token
+    encoded = data.Encoded(
+        input_ids=[ids[i, :n] for i, n in enumerate(lengths)],
+        token_type_ids=[np.zeros(n, np.int32) for n in lengths],
+        lengths=lengths.astype(np.int32),
+        labels=labels,
+        max_length=T,
+    )
+    me = MultiExit(model, MultiExitConfig.tiny(pooling="mean"), rngs=nnx.Rngs(1))
+    cfg = ExitTrainConfig(epochs=30, batch_size=16, learning_rate=1e-2)
+    buckets = data.LengthBuckets((T,))
+    losses = train_frozen_exits(me, encoded, cfg, batch_size=B, buckets=buckets)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    fresh = MultiExit(model, MultiExitConfig.tiny(pooling="mean"), rngs=nnx.Rngs(7))
+    trained = nnx.state(ExitHeads(me), nnx.Param)
+    nnx.update(ExitHeads(fresh), trained)
+    inputs = (ids[:B], mask[:B], np.zeros_like(ids[:B]))
+    assert_close(fresh(*inputs).logits, me(*inputs).logits)
+    with pytest.raises(ValueError, match="no labels"):
+        train_frozen_exits(me, dataclasses.replace(encoded, labels=None))
 
 
 def test_joint_loss_weights():

@@ -59,6 +59,7 @@ from elang_jax.benchmarks._eval_exits import (
 from elang_jax.benchmarks._eval_pair import evaluate_pair, format_pair, paired_batches
 from elang_jax.benchmarks._exits import bench_exits, threshold_for_depth
 from elang_jax.benchmarks._moe import bench_moe, random_ffn, random_tokens, real_ffn_inputs
+from elang_jax.benchmarks._pair_composed import COMPOSED_ROW, PairComposed
 from elang_jax.benchmarks._pair_config import PairEvalConfig
 from elang_jax.benchmarks._pair_finetune import finetune_pair
 from elang_jax.benchmarks._pair_methods import BASE_METHODS, CASCADEBERT_METHODS, PairMethod
@@ -69,6 +70,7 @@ from elang_jax.benchmarks._suite import BENCHMARKS, resolve_names, run_benchmark
 from elang_jax.timing import Timing, time_interleaved
 
 __all__ = [
+    "COMPOSED_ROW",
     # Configuration
     "BENCHMARK_NAMES",
     "BenchConfig",
@@ -107,6 +109,7 @@ __all__ = [
     "CASCADEBERT_METHODS",
     "Distill",
     "PairMethod",
+    "PairComposed",
     "PairEvalConfig",
     "PairModel",
     "Gpt2PrefillConfig",

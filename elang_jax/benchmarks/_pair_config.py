@@ -1,4 +1,4 @@
-"""What the pair experiment (`_eval_pair`, eval/pair_sst2.py) runs: `PairEvalConfig`."""
+"""What the pair experiment (`_eval_pair`, eval/pair.py) runs: `PairEvalConfig`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from elang_jax import data as D
+from elang_jax.benchmarks._pair_composed import PairComposed
 from elang_jax.benchmarks._pair_methods import ACCURACY, SWIFT, PairMethod, pair_methods
-from elang_jax.benchmarks._pair_models import PairModel
+from elang_jax.benchmarks._pair_models import Distill, PairModel
 from elang_jax.calibration import CalibrationTarget
 from elang_jax.demo._sections import CalibrationSection, FinetuneSection
 from elang_jax.models import BertConfig
@@ -20,10 +21,21 @@ from elang_jax.models import BertConfig
 # suited to a base-size model.
 SUPER_FINETUNE = FinetuneSection(train_examples=8000, learning_rate=8e-5)
 
+# Sentence-pair tasks (MRPC: 3,668 training pairs, up to about 100 word pieces each): longer
+# buckets, every training pair, two epochs of Super and four of the Swift.
+PAIR_TASK_BUCKETS = (32, 48, 64, 96, 128)
+PAIR_TASK_SUPER_FINETUNE = FinetuneSection(
+    train_examples=None, epochs=2.0, learning_rate=5e-5, buckets=PAIR_TASK_BUCKETS
+)
+PAIR_TASK_SWIFT_FINETUNE = FinetuneSection(
+    train_examples=None, epochs=4.0, learning_rate=1e-4, buckets=PAIR_TASK_BUCKETS
+)
+PAIR_TASK_CALIBRATION = CalibrationSection(holdout=600, holdout_kind="random")
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PairEvalConfig:
-    """What eval/pair_sst2.py runs: fine-tuning both models, calibration, dev, timing.
+    """What eval/pair.py runs: fine-tuning both models, calibration, dev, timing.
 
     Attributes:
       task: GLUE task (a single-sentence one for `HoldoutKind.SENTENCES`).
@@ -50,6 +62,11 @@ class PairEvalConfig:
       cascadebert: also run CascadeBERT without and with its difficulty-aware loss (DAR):
         a Swift on the plain recipe, and one fine-tuned with DAR on hard flags from that
         Swift's own mistakes on its training set (`_pair_methods`).
+      plain_swift: the recipe of CascadeBERT's Swifts when the Swift is distilled (they
+        learn from labels only, as CascadeBERT does).
+      composed: also calibrate and run the composed pair (`_pair_composed`: the E-LANG
+        router on a Swift that exits early, before a Super that exits early and prunes
+        tokens) at the accuracy target; None: not.
       peers: also time the same checkpoints in transformers' PyTorch, cascaded the
         TangoBERT way and the E-LANG code's way (`_pair_peers`), against our step.
       eval_file: evaluate on this labelled TSV (the task's GLUE dev format) instead of dev.
@@ -77,6 +94,8 @@ class PairEvalConfig:
     cache_dir: str | None = None
     swift_from: str | None = None
     cascadebert: bool = True
+    plain_swift: FinetuneSection = dataclasses.field(default_factory=FinetuneSection)
+    composed: PairComposed | None = dataclasses.field(default_factory=PairComposed)
     peers: bool = True
     eval_file: str | None = None
     guarantee_delta: float | None = 0.1
@@ -89,6 +108,10 @@ class PairEvalConfig:
                 object.__setattr__(self, name, PairModel(**value))
             elif not isinstance(value, PairModel):
                 raise ValueError(f"{name} must be a PairModel or a mapping, got {value!r}")
+        if isinstance(self.composed, Mapping):
+            object.__setattr__(self, "composed", PairComposed(**self.composed))
+        if isinstance(self.plain_swift, Mapping):
+            object.__setattr__(self, "plain_swift", FinetuneSection(**self.plain_swift))
         if isinstance(self.calibration, Mapping):
             object.__setattr__(self, "calibration", CalibrationSection(**self.calibration))
         object.__setattr__(self, "eval_buckets", tuple(self.eval_buckets))
@@ -158,14 +181,49 @@ class PairEvalConfig:
             return self.super_
         if role == SWIFT or self.swift.distill is None:
             return self.swift
-        return dataclasses.replace(self.swift, distill=None, finetune=FinetuneSection())
+        return dataclasses.replace(self.swift, distill=None, finetune=self.plain_swift)
 
     @classmethod
-    def full(cls, *, super_recipe: Mapping[str, Any] | None = None, **kw: Any) -> PairEvalConfig:
-        """The real run: the defaults, with `super_recipe` changing fields of Super's
-        `SUPER_FINETUNE` recipe (e.g. `{"train_examples": 4000}` when time is short)."""
-        recipe = dataclasses.replace(SUPER_FINETUNE, **dict(super_recipe or {}))
-        return cls(super_=PairModel(finetune=recipe), **kw)
+    def full(
+        cls,
+        *,
+        task: str = "sst2",
+        super_recipe: Mapping[str, Any] | None = None,
+        swift_recipe: Mapping[str, Any] | None = None,
+        distill: bool = False,
+        **kw: Any,
+    ) -> PairEvalConfig:
+        """The real run on `task`. `super_recipe` and `swift_recipe` change fields of each
+        model's recipe (e.g. `{"train_examples": 4000}` when time is short); `distill`
+        trains the Swift on Super's soft labels too, on twice as many examples (twice the
+        epochs when the recipe takes every training example).
+
+        SST-2 gets the defaults. A sentence-pair task (MRPC, RTE, QNLI) gets inputs of up to
+        128 tokens, a random 600-example calibration holdout and the `PAIR_TASK_*` recipes
+        (fields given in `kw` win).
+        """
+        if D.get_glue_task(task).is_pair:
+            base: dict[str, Any] = dict(
+                max_length=128, eval_buckets=(32, 64, 96, 128), calibration=PAIR_TASK_CALIBRATION
+            )
+            super_ft, swift_ft = PAIR_TASK_SUPER_FINETUNE, PAIR_TASK_SWIFT_FINETUNE
+        else:
+            base, super_ft, swift_ft = {}, SUPER_FINETUNE, FinetuneSection()
+        base["plain_swift"] = swift_ft
+        if distill:
+            examples = swift_ft.train_examples
+            swift_ft = (
+                dataclasses.replace(swift_ft, epochs=2 * swift_ft.epochs)
+                if examples is None
+                else dataclasses.replace(swift_ft, train_examples=2 * examples)
+            )
+        super_ft = dataclasses.replace(super_ft, **dict(super_recipe or {}))
+        swift_ft = dataclasses.replace(swift_ft, **dict(swift_recipe or {}))
+        base.update(
+            super_=PairModel(finetune=super_ft),
+            swift=PairModel(finetune=swift_ft, distill=Distill() if distill else None),
+        )
+        return cls(task=task, **{**base, **kw})
 
     @classmethod
     def tiny(cls, super_tokenizer_dir: Any, swift_tokenizer_dir: Any, **kw: Any) -> PairEvalConfig:
@@ -198,6 +256,16 @@ class PairEvalConfig:
             cascade_buckets=2,
             timing_rounds=1,
             guarantee_delta=None,  # the guarantee rows add compilations, not code paths
+            composed=PairComposed(
+                swift_exits=(1,),
+                super_exits=(1, 2),
+                exit_buckets=(0.0, 0.5, 1.0),
+                cascade_buckets=2,
+                acc_targets=(1.25,),
+                grid=4,
+                exit_train_examples=32,
+                exit_epochs=1.0,
+            ),
             progress=False,
         )
         return cls(**{**base, **kw})

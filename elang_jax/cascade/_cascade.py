@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -33,6 +33,7 @@ from elang_jax.engine import (
     StepEngine,
     TierResult,
     cascade_loop,
+    per_tier,
     step_thresholds,
     step_valid,
 )
@@ -167,14 +168,19 @@ class Cascade:
         """
         return self._engine.step(batch_size, mesh, rebalance)
 
-    def example_flops(self, out: CascadeOutput, length: int) -> np.ndarray:
-        """[b] analytic FLOPs of each example of a batch padded to `length`: every tier
-        that ran on it (`elang_jax.flops.classifier_flops`)."""
+    def example_flops(self, out: CascadeOutput, length: int | Sequence[int]) -> np.ndarray:
+        """[b] analytic FLOPs of each example of a batch padded to `length` (one length per
+        tier when the tiers had their own inputs): every tier that ran on it
+        (`elang_jax.flops.classifier_flops`)."""
+        n = len(self.tiers)
+        lengths = [length] * n if isinstance(length, int) else list(length)
+        if len(lengths) != n:
+            raise ValueError(f"need one length per tier ({n}), got {length}")
         ran = ~np.isnan(np.asarray(out.scores))
         # Every tier's classifier has a `config`; `Tier.model` is typed as any nnx.Module.
         configs = [t.model.config for t in self.tiers]  # pyright: ignore[reportAttributeAccessIssue]
-        per_tier = np.array([flops.classifier_flops(c, length) for c in configs], np.float64)
-        return ran.astype(np.float64) @ per_tier
+        cost = [flops.classifier_flops(c, int(t)) for c, t in zip(configs, lengths, strict=True)]
+        return ran.astype(np.float64) @ np.array(cost, np.float64)
 
     # ------------------------------------------------------------------ offline path
 
@@ -258,12 +264,9 @@ class _CascadeProgram:
     def prepare(self, batch_size, inputs, valid=None, thresholds=None):
         tiers = self.cascade.tiers
         n = len(tiers)
-        per_tier = [inputs] * n if isinstance(inputs, Mapping) else list(inputs)
-        if len(per_tier) != n:
-            raise ValueError(f"need inputs for {n} tiers, got {len(per_tier)}")
         prepared = [
             step_inputs(inp, batch_size, [e] if (e := _encoder(t.model)) is not None else [])
-            for inp, t in zip(per_tier, tiers, strict=True)
+            for inp, t in zip(per_tier(inputs, n), tiers, strict=True)
         ]
         th = step_thresholds("thresholds", thresholds, self.cascade.thresholds, n - 1)
         th = np.concatenate([th, [np.inf]]).astype(np.float32)

@@ -35,6 +35,7 @@ from elang_jax.engine import (
     StepEngine,
     TierResult,
     cascade_loop,
+    per_tier,
     step_thresholds,
     step_valid,
 )
@@ -151,14 +152,15 @@ class ComposedClassifier:
         """The compiled `step(inputs, valid=None, thresholds=None, exit_thresholds=None)`.
 
         `inputs` holds input_ids, attention_mask, token_type_ids ([b t] int32), shared by all
-        tiers. `valid` [b] marks real rows (padding rows run nothing after the first tier's
-        embedding and never escalate). `thresholds` (K - 1 cascade thresholds) and
-        `exit_thresholds` (K, ignored for tiers without exits) default to the config's and
-        may change between calls without recompiling. Returns a `ComposedOutput`. Steps are
-        cached per batch size and read the modules as they are at every call. With a
-        `mesh`, the rows are split over its "data" (and "expert") axes and each shard
-        routes its own; `rebalance` deals escalated rows out evenly over the shards before
-        each later tier (`elang_jax.engine.DataParallel`).
+        tiers, or is a sequence of one such dict per tier (tiers with their own tokenizers;
+        each tier's own length t). `valid` [b] marks real rows (padding rows run nothing
+        after the first tier's embedding and never escalate). `thresholds` (K - 1 cascade
+        thresholds) and `exit_thresholds` (K, ignored for tiers without exits) default to
+        the config's and may change between calls without recompiling. Returns a
+        `ComposedOutput`. Steps are cached per batch size and read the modules as they are
+        at every call. With a `mesh`, the rows are split over its "data" (and "expert")
+        axes and each shard routes its own; `rebalance` deals escalated rows out evenly
+        over the shards before each later tier (`elang_jax.engine.DataParallel`).
         """
         return self._engine.step(batch_size, mesh, rebalance)
 
@@ -202,8 +204,14 @@ class ComposedClassifier:
                 total += flops.acc_score_flops(mc.num_heads, t, t)
         return total + (exit_index + 1) * flops.head_flops(d, mc.num_labels)
 
-    def example_flops(self, out: ComposedOutput, length: int) -> Float[np.ndarray, " b"]:
-        """[b] analytic FLOPs of each example of a batch padded to `length`."""
+    def example_flops(
+        self, out: ComposedOutput, length: int | Sequence[int]
+    ) -> Float[np.ndarray, " b"]:
+        """[b] analytic FLOPs of each example of a batch padded to `length` (one length per
+        tier when the tiers had their own inputs)."""
+        lengths = [length] * self.num_tiers if isinstance(length, int) else list(length)
+        if len(lengths) != self.num_tiers:
+            raise ValueError(f"need one length per tier ({self.num_tiers}), got {length}")
         layers = np.asarray(out.layers)
         exit_index = np.asarray(out.exit_index)
         cost = np.zeros(layers.shape[0])
@@ -214,7 +222,7 @@ class ComposedClassifier:
                     continue
                 key = (k, int(layers[i, k]), int(exit_index[i, k]))
                 if key not in cache:
-                    cache[key] = self.tier_flops(k, length, *key[1:])
+                    cache[key] = self.tier_flops(k, int(lengths[k]), *key[1:])
                 cost[i] += cache[key]
         return cost
 
@@ -237,7 +245,13 @@ class _ComposedProgram:
         tiers = system.config.tiers
         n = len(tiers)
         encoders = [classifier_of(m).encoder for m in system.modules]
-        full = step_inputs(inputs, batch_size, encoders)
+        if isinstance(inputs, Mapping):  # shared: checked once against every tier's encoder
+            full = [step_inputs(inputs, batch_size, encoders)] * n
+        else:
+            full = [
+                step_inputs(inp, batch_size, [e])
+                for inp, e in zip(per_tier(inputs, n), encoders, strict=True)
+            ]
         th = step_thresholds("thresholds", thresholds, [t.threshold for t in tiers[:-1]], n - 1)
         eth = step_thresholds(
             "exit_thresholds", exit_thresholds, [t.exit_threshold for t in tiers], n
@@ -271,7 +285,7 @@ class _ComposedProgram:
 
         out = cascade_loop(
             [tier_fn(k) for k in range(len(tiers))],
-            [inputs] * len(tiers),
+            inputs,
             valid,
             params["thresholds"],
             buckets,

@@ -45,19 +45,16 @@ def exit_model(
         ),
         rngs=nnx.Rngs(config.seed),
     )
-    if not load_params(_ExitHeads(me), cache):
-        buckets = data.LengthBuckets(config.eval.buckets)
-        progress("collecting frozen features")
-        feats, _ = exits.collect_features(me, fit, config.eval.batch_size, buckets)
-        progress("training exit heads")
-        assert fit.labels is not None
-        exits.train_exit_heads(
+    if not load_params(exits.ExitHeads(me), cache):
+        progress("training exit heads on frozen features")
+        exits.train_frozen_exits(
             me,
-            feats,
-            fit.labels,
+            fit,
             exits.ExitTrainConfig(epochs=config.exits.epochs, seed=config.seed),
+            config.eval.batch_size,
+            data.LengthBuckets(config.eval.buckets),
         )
-        save_params(_ExitHeads(me), cache)
+        save_params(exits.ExitHeads(me), cache)
     return me
 
 
@@ -110,11 +107,3 @@ def multi_exit(
         decode=decode,
         calibration=known,
     )
-
-
-class _ExitHeads(nnx.Module):
-    """The trainable part of a MultiExit (what its cache file holds)."""
-
-    def __init__(self, me: exits.MultiExit):
-        self.heads = me.heads
-        self.mix = me.mix

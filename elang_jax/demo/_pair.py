@@ -18,21 +18,14 @@ from typing import Any
 
 from elang_jax import jsonio
 from elang_jax.benchmarks import (
-    Distill,
     PairEvalConfig,
-    PairModel,
     evaluate_pair,
     finetune_pair,
     format_pair,
 )
-from elang_jax.demo._config import DemoError
 from elang_jax.demo._data import read_eval_file
 from elang_jax.demo._report import format_table, make_row, write_all
 from elang_jax.demo._run import compile_cache
-from elang_jax.demo._sections import FinetuneSection
-
-# The distilled Swift's recipe: twice the demo's training phrases, soft labels from Super.
-DISTILLED_SWIFT = PairModel(finetune=FinetuneSection(train_examples=32000), distill=Distill())
 
 
 def pair_config(
@@ -46,11 +39,7 @@ def pair_config(
     """The pair demo's config: the distilled Swift, every method at both targets, the
     PyTorch peers; `quick` evaluates the same models on 128 dev examples, one timing round,
     without the guarantee rows and the peers."""
-    if task != "sst2":
-        # Its calibration split holds whole sentences out (HoldoutKind.SENTENCES) and its
-        # Super recipe is sized for SST-2's phrases: a sentence-pair task needs its own.
-        raise DemoError(f"--pair runs SST-2 only (got --task {task})")
-    kw: dict[str, Any] = dict(task=task, swift=DISTILLED_SWIFT, progress=progress)
+    kw: dict[str, Any] = dict(task=task, distill=True, progress=progress)
     if cache_dir is not None:
         kw["cache_dir"] = os.fspath(Path(cache_dir).expanduser())
     if quick:
@@ -64,17 +53,22 @@ def demo_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
     """`evaluate_pair`'s rows as the demo's report rows (table, JSON, CSV, plot)."""
     rows = []
     for r in result["rows"]:
+        calibrated = "threshold" in r
+        setting = [r["threshold"]] if calibrated else []
+        skipped = {"inputs": 1.0 - r["to_super"]} if calibrated else {}
+        kind = r.get("kind", "cascade") if calibrated else r["method"].split()[0].lower()
+        if kind == "composed":
+            setting += [r["swift_exit_threshold"], r["super_exit_threshold"], r["acc_rate"]]
         calibration = (
             dict(
                 accuracy=r["calib_accuracy"],
                 reference_accuracy=r["calib_super_accuracy"],
                 target_met=r["target_met"],
-                setting=[r["threshold"]],
+                setting=setting,
             )
-            if "threshold" in r
+            if calibrated
             else None
         )
-        kind = "cascade" if "threshold" in r else r["method"].split()[0].lower()
         rows.append(
             make_row(
                 r["method"],
@@ -82,7 +76,7 @@ def demo_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 r["accuracy"],
                 r["flop_speedup"],
                 r["measured_speedup"],
-                {"inputs": 1.0 - r["to_super"]} if "threshold" in r else {},
+                skipped,
                 calibration=calibration,
                 to_super=r["to_super"],
             )

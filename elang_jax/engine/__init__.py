@@ -3,7 +3,13 @@ cascade tier loop, escalated rows rebalanced across data shards, argument checks
 
 from elang_jax.engine._cascade import TierFn, TierResult, cascade_loop
 from elang_jax.engine._data_parallel import DATA_AXIS, DataParallel, active_layout
-from elang_jax.engine._inputs import step_count, step_threshold, step_thresholds, step_valid
+from elang_jax.engine._inputs import (
+    per_tier,
+    step_count,
+    step_threshold,
+    step_thresholds,
+    step_valid,
+)
 from elang_jax.engine._rebalance import balanced_apply, escalate_apply, exchange_capacity
 from elang_jax.engine._step import CompiledStep, StepEngine, StepProgram
 
@@ -20,6 +26,7 @@ __all__ = [
     "cascade_loop",
     "escalate_apply",
     "exchange_capacity",
+    "per_tier",
     "step_count",
     "step_threshold",
     "step_thresholds",

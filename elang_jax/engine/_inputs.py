@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool
+
+
+def per_tier(inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]], n: int) -> list[Any]:
+    """One inputs dict per tier: a dict is shared by all n tiers; a sequence gives each tier
+    its own (tiers with different tokenizers), and must hold exactly n."""
+    if isinstance(inputs, Mapping):
+        return [inputs] * n
+    if not isinstance(inputs, Sequence):
+        raise TypeError(
+            f"inputs must be a dict of arrays or one per tier, got {type(inputs).__name__}"
+        )
+    if len(inputs) != n:
+        raise ValueError(f"need inputs for {n} tiers, got {len(inputs)}")
+    return list(inputs)
 
 
 def step_valid(valid: ArrayLike | None, batch_size: int) -> Bool[Array, " b"]:

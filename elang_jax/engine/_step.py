@@ -142,8 +142,9 @@ class CompiledStep:
         self._jitted = jax.jit(chex.assert_max_traces(self._traced, n=n), static_argnums=(0, 1))
         return self
 
-    def example_flops(self, out: Any, length: int) -> np.ndarray:
-        """[b] analytic FLOPs of each example of a batch padded to `length`."""
+    def example_flops(self, out: Any, length: int | Sequence[int]) -> np.ndarray:
+        """[b] analytic FLOPs of each example of a batch padded to `length` (or one length
+        per tier, when the tiers had their own inputs)."""
         if self._flops is None:
             raise NotImplementedError(f"{type(self._program).__name__} has no FLOP model")
         return self._flops(out, length)

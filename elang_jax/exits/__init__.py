@@ -27,12 +27,14 @@ from elang_jax.exits._policy import (
     simulate_exits,
 )
 from elang_jax.exits._train import (
+    ExitHeads,
     ExitTrainConfig,
     collect_features,
     dataset_exit_logits,
     fit_exit_temperatures,
     joint_loss,
     train_exit_heads,
+    train_frozen_exits,
 )
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
     "ExitHead",
     "ExitPolicy",
     "ExitStepOutput",
+    "ExitHeads",
     "ExitTrainConfig",
     "LossWeighting",
     "MultiExit",
@@ -64,4 +67,5 @@ __all__ = [
     "loss_weights",
     "simulate_exits",
     "train_exit_heads",
+    "train_frozen_exits",
 ]

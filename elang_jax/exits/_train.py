@@ -148,6 +148,31 @@ def train_exit_heads(
     return losses
 
 
+def train_frozen_exits(
+    model: MultiExit,
+    fit: D.Encoded,
+    config: ExitTrainConfig | None = None,
+    batch_size: int = 64,
+    buckets=None,
+) -> list[float]:
+    """DeeBERT's second stage end to end: the frozen backbone's features of the labelled
+    `fit` set (`collect_features`), then the heads trained on them (`train_exit_heads`).
+    Returns the loss of every step."""
+    if fit.labels is None:
+        raise ValueError("exit heads train on labelled examples: fit has no labels")
+    feats, _ = collect_features(model, fit, batch_size, buckets)
+    return train_exit_heads(model, feats, fit.labels, config or ExitTrainConfig())
+
+
+class ExitHeads(nnx.Module):
+    """The trainable part of a MultiExit (heads and mix), for saving and loading it apart
+    from the backbone it was trained on."""
+
+    def __init__(self, model: MultiExit):
+        self.heads = model.heads
+        self.mix = model.mix
+
+
 def fit_exit_temperatures(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """[e] temperature of each exit, fitted by NLL on a calibration split."""
     logits = np.asarray(logits, np.float32)

@@ -1,9 +1,35 @@
-"""The verification rule shared by self-speculation and the Swift-to-Super cascade."""
+"""What self-speculation and the Swift-to-Super cascade share: the verification rule and
+the prompt checks with room for the drafts."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Int
+import numpy as np
+from jaxtyping import Array, ArrayLike, Bool, Int
+
+from elang_jax.models._common import check_length
+from elang_jax.models._gpt2 import GPT2Config, check_prompt
+
+
+def check_draft_room(
+    config: GPT2Config,
+    input_ids: ArrayLike,
+    attention_mask: ArrayLike | None,
+    max_new_tokens: int | np.integer,
+    k: int,
+    who: str = "",
+) -> Int[ArrayLike, "b t"]:
+    """`generate`'s prompt checks for a model with `config`, plus room for the k tokens the
+    last verification call may look past the last column; returns the mask (ones when
+    None). `who` names the model in the messages."""
+    attention_mask = check_prompt(config, input_ids, attention_mask, max_new_tokens)
+    t = np.shape(input_ids)[1]
+    check_length(
+        t + int(max_new_tokens) + k,
+        config.n_positions,
+        f"prompt + max_new_tokens + k (k={k}{', the ' + who if who else ''})",
+    )
+    return attention_mask
 
 
 def accept_drafts(

@@ -33,10 +33,9 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from elang_jax.calibration import CalibrationTarget, OperatingPoint, calibrate, threshold_candidates
-from elang_jax.models._common import check_length
 from elang_jax.models._decode import multi_token_loop
-from elang_jax.models._gpt2 import GPT2LMHeadModel, check_prompt
-from elang_jax.speculative._accept import accept_drafts
+from elang_jax.models._gpt2 import GPT2LMHeadModel
+from elang_jax.speculative._accept import accept_drafts, check_draft_room
 from elang_jax.speculative._output import SpeculativeOutput
 
 
@@ -210,13 +209,9 @@ def check_cascade(
             f"the Swift's vocabulary ({swift_model.config.vocab_size}) differs from the "
             f"Super's ({super_model.config.vocab_size}): drafts must be Super tokens"
         )
-    t = np.shape(input_ids)[1]
     for name, model in (("Super", super_model), ("Swift", swift_model)):
-        attention_mask = check_prompt(model.config, input_ids, attention_mask, max_new_tokens)
-        check_length(
-            t + int(max_new_tokens) + config.k,
-            model.config.n_positions,
-            f"prompt + max_new_tokens + k (k={config.k}, the {name})",
+        attention_mask = check_draft_room(
+            model.config, input_ids, attention_mask, max_new_tokens, config.k, name
         )
     assert attention_mask is not None
     return attention_mask

@@ -29,10 +29,9 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Int
 
-from elang_jax.models._common import check_length
 from elang_jax.models._decode import multi_token_loop
-from elang_jax.models._gpt2 import GPT2LMHeadModel, check_prompt
-from elang_jax.speculative._accept import accept_drafts
+from elang_jax.models._gpt2 import GPT2LMHeadModel
+from elang_jax.speculative._accept import accept_drafts, check_draft_room
 from elang_jax.speculative._config import SpeculativeConfig
 from elang_jax.speculative._output import SpeculativeOutput
 
@@ -126,15 +125,7 @@ def check_speculative(
     if not isinstance(config, SpeculativeConfig):
         raise TypeError(f"config must be a SpeculativeConfig, got {type(config).__name__}")
     config.check(model.config.n_layer)
-    attention_mask = check_prompt(model.config, input_ids, attention_mask, max_new_tokens)
-    t = np.shape(input_ids)[1]
-    # The last verification call may look k tokens past the last column.
-    check_length(
-        t + int(max_new_tokens) + config.k,
-        model.config.n_positions,
-        f"prompt + max_new_tokens + k (k={config.k})",
-    )
-    return attention_mask
+    return check_draft_room(model.config, input_ids, attention_mask, max_new_tokens, config.k)
 
 
 def speculative_generate_gpt2(

@@ -20,6 +20,21 @@ def tolerances(*dtypes) -> tuple[float, float]:
     return max(a for a, _ in pairs), max(r for _, r in pairs)
 
 
+def is_close(actual, expected, dtype=jnp.float32) -> bool:
+    """Whether every element agrees within the tolerance of `dtype` (NaN equals NaN): the
+    check as a value, for reports that must not raise (e.g. the GPU check)."""
+    atol, rtol = tolerances(dtype)
+    return bool(
+        np.allclose(
+            np.asarray(actual, np.float32),
+            np.asarray(expected, np.float32),
+            atol=atol,
+            rtol=rtol,
+            equal_nan=True,
+        )
+    )
+
+
 def assert_close(actual, expected, dtype=jnp.float32, err_msg: str = "") -> None:
     """np.testing.assert_allclose with the tolerance of `dtype`."""
     atol, rtol = tolerances(dtype)

@@ -1,13 +1,15 @@
-"""E-LANG with a 12-layer MPNet-base Super behind a MiniLM-L6 Swift on SST-2 (issue 15).
+"""E-LANG with a 12-layer MPNet-base Super behind a MiniLM-L6 Swift on a GLUE task (issue 15).
 
-    PYTHONPATH=. python eval/pair_sst2.py --json eval/results/pair_sst2_cpu.json
+    PYTHONPATH=. python eval/pair.py --swift-distill --json eval/results/pair_sst2_cpu.json
+    PYTHONPATH=. python eval/pair.py --task mrpc --swift-distill \
+        --json eval/results/pair_mrpc_cpu.json
 
-Fine-tunes (or loads from `<elang_jax cache>/pair/sst2/`, resuming a half-finished run) an
-MPNet-base Super and a MiniLM-L6 Swift without the demo's 1,500 held-out calibration
-sentences; `--swift-from DIR` adopts a finished demo Super run (`<cache>/demo/sst2/super`)
-as the Swift when it ran the same recipe. Then chooses the E-LANG energy and TangoBERT
-max-prob thresholds on the calibration split at the demo's target, and reports on dev the
-accuracy, share sent to Super, FLOP and measured speed-up (compiled cascade step on per-tier
+Fine-tunes (or loads from `<elang_jax cache>/pair/<task>/`, resuming a half-finished run) an
+MPNet-base Super and a MiniLM-L6 Swift without the calibration holdout (SST-2: 1,500 whole
+training sentences; a sentence-pair task: 600 random pairs); `--swift-from DIR` adopts a
+finished demo Super run (`<cache>/demo/sst2/super`) as the Swift when it ran the same
+recipe. Then chooses every method's thresholds on the calibration split and reports on dev
+the accuracy, share sent to Super, FLOP and measured speed-up (compiled steps on per-tier
 inputs, timed interleaved against Super's compiled forward). A driver of
 `elang_jax.benchmarks.evaluate_pair`; `--finetune-only` stops after fine-tuning.
 """
@@ -16,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
 from elang_jax import benchmarks as B
 from elang_jax import jsonio
-from elang_jax.demo import FinetuneSection
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    p.add_argument("--cache-dir", default=None, help="default: <elang_jax cache>/pair/sst2")
+    p.add_argument("--task", default="sst2", help="GLUE task (sst2, or a pair task: mrpc)")
+    p.add_argument("--cache-dir", default=None, help="default: <elang_jax cache>/pair/TASK")
     p.add_argument("--swift-from", default=None, help="a finished demo Super run to adopt")
     p.add_argument("--super-train-examples", type=int, default=None)
     p.add_argument("--super-lr", type=float, default=None, help="Super's peak learning rate")
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         "--swift-train-examples",
         type=int,
         default=None,
-        help="a distilled Swift's training examples (default 32000)",
+        help="the Swift's training examples (default: the task's recipe; doubled when distilled)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="evaluation and timing batch")
     p.add_argument("--eval-limit", type=int, default=None, help="first N dev examples")
@@ -64,26 +65,21 @@ def main(argv: list[str] | None = None) -> None:
         )
         if v is not None
     }
-    swift: dict[str, Any] = {}
-    if args.swift_distill:
-        swift = dict(
-            swift=B.PairModel(
-                finetune=FinetuneSection(train_examples=args.swift_train_examples or 32000),
-                distill=B.Distill(),
-            )
-        )
-    elif args.swift_train_examples is not None:
-        p.error("--swift-train-examples goes with --swift-distill")
+    swift_recipe = (
+        None if args.swift_train_examples is None else {"train_examples": args.swift_train_examples}
+    )
     config = B.PairEvalConfig.full(
+        task=args.task,
         cache_dir=args.cache_dir,
         swift_from=args.swift_from,
         super_recipe=super_recipe,
+        swift_recipe=swift_recipe,
+        distill=args.swift_distill,
         batch_size=args.batch_size,
         eval_limit=args.eval_limit,
         cascade_buckets=args.cascade_buckets,
         timing_rounds=args.timing_rounds,
         timing_batches=args.timing_batches,
-        **swift,
     )
     models = B.finetune_pair(config)
     if args.finetune_only:
