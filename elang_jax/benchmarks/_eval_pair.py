@@ -9,8 +9,9 @@ Super can be adopted as that Swift; a distilled Swift learns from Super's soft l
 well. The thresholds of every method (`_pair_methods`: E-LANG energy and released-code
 score, TangoBERT max-prob, CascadeBERT without and with DAR; each at the accuracy target and
 at the guarantee target; the composed pair of `_pair_composed` at the accuracy target) are
-chosen on the calibration split, never on dev; dev only reports. The same checkpoints in PyTorch, cascaded the peers' way (`_pair_peers`), are
-timed against the first method's compiled step.
+chosen on the calibration split, never on dev; dev only reports. The same checkpoints in
+PyTorch, cascaded the peers' way (`_pair_peers`), are timed against the first method's
+compiled step.
 
 Every dev number comes from the compiled cascade step (`Cascade.serving_step`) run on
 per-tier inputs: each batch holds the same examples tokenized by each tier's tokenizer,
