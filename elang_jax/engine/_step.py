@@ -80,7 +80,7 @@ class CompiledStep:
         program: StepProgram,
         batch_size: int,
         buckets: tuple[int, ...],
-        flops: Callable[[Any, int], np.ndarray] | None = None,
+        flops: Callable[[Any, Any], np.ndarray] | None = None,
         layout: DataParallel | None = None,
     ):
         self.batch_size = batch_size
@@ -156,14 +156,14 @@ class StepEngine:
     Args:
       program: the front end's `StepProgram`.
       bucket_fractions: the compaction buckets as fractions of the batch (`bucket_sizes`).
-      flops: `(outputs, padded length) -> [b] FLOPs`, or None.
+      flops: `(outputs, padded length or one per tier) -> [b] FLOPs`, or None.
     """
 
     def __init__(
         self,
         program: StepProgram,
         bucket_fractions: Sequence[float],
-        flops: Callable[[Any, int], np.ndarray] | None = None,
+        flops: Callable[[Any, Any], np.ndarray] | None = None,
     ):
         self._program = program
         self._fractions = tuple(bucket_fractions)
