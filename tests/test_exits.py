@@ -177,6 +177,7 @@ def test_stage_two_trains_heads_only(model, pool):
     assert (logits[0].argmax(-1) == labels).mean() > 0.8
 
 
+@pytest.mark.slow  # test_eval_pair's end-to-end trains and caches exit heads this way
 def test_frozen_exits_end_to_end_and_heads_round_trip(model, pool):
     """`train_frozen_exits` (features, then heads) on an Encoded set; `ExitHeads` holds
     exactly the trained part, so loading it into a fresh MultiExit reproduces the exits."""
