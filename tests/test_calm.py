@@ -74,6 +74,7 @@ def test_gpt2_infinite_threshold_is_generate(gpt2):
     np.testing.assert_array_equal(np.asarray(out.layers), 3)
 
 
+@pytest.mark.slow  # the intermediate-threshold test below exits early by default
 def test_gpt2_always_exit_is_first_layer_decoding(gpt2):
     model, ids, mask = gpt2
     # eos id out of the way so that no row stops early.

@@ -153,6 +153,7 @@ def test_exit_tier_without_pruning_is_the_exit_step(pool, threshold):
     assert_close(np.asarray(out.logits)[valid], np.asarray(want.logits)[valid])
 
 
+@pytest.mark.slow  # test_offline_replay_matches_the_step checks exits under ACC by default
 def test_pruned_exits_match_the_all_exit_pass(pool):
     """With +inf every example leaves at the last exit; with -inf at the first: the step's
     logits are then the offline pass's last and first exits."""

@@ -90,6 +90,7 @@ def test_cascade_follows_weights_and_replaced_models(batch):
 # ---------------------------------------------------------------------------------- exits
 
 
+@pytest.mark.slow  # the cascade's test covers the mechanism; test_exits the exit step
 def test_exit_step_follows_weights_heads_and_temperatures(batch):
     model = _classifier(4, 3)
     me = MultiExit(model, MultiExitConfig.tiny(), rngs=nnx.Rngs(4))
@@ -148,6 +149,7 @@ def test_composed_step_follows_weights_and_leaves_modules_alone(batch):
 # ---------------------------------------------------------------------------------- seq2seq
 
 
+@pytest.mark.slow  # same engine mechanism as the cascade's test above
 def test_seq2seq_step_follows_weights_and_replaced_models():
     swift = T5ForConditionalGeneration(
         T5Config.tiny_v1_1(num_layers=1, num_decoder_layers=1), rngs=nnx.Rngs(1)

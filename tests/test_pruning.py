@@ -249,7 +249,7 @@ _BERT = _bert()
 _BERT_SPLIT = nnx.split(_BERT)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)  # each example is a compiled pass
 @given(
     lengths=st.lists(st.integers(1, 12), min_size=4, max_size=4),
     seed=st.integers(0, 2**16),
