@@ -112,12 +112,11 @@ def check_sharded(dry_run: bool) -> dict:
     from elang_jax.exits import MultiExit, MultiExitConfig
     from elang_jax.models import BertConfig, BertForSequenceClassification
     from elang_jax.models._t5 import T5Config, T5ForConditionalGeneration
-    from elang_jax.testing import tolerances
+    from elang_jax.testing import is_close
 
     n_dev = jax.device_count()
     b = 8 * n_dev if dry_run else 64 * n_dev
     t = 16 if dry_run else 128
-    atol, rtol = tolerances()
 
     def bert(layers: int, seed: int) -> BertForSequenceClassification:
         if dry_run:
@@ -178,11 +177,11 @@ def check_sharded(dry_run: bool) -> dict:
             for rebalance in (False, True) if name != "exits" else (False,):
                 out = make(b, mesh=mesh, rebalance=rebalance)(inputs, **kw)
                 same = all(np.array_equal(getattr(out, f), getattr(ref, f)) for f in exact)
-                close = True
-                for f in ("logits", "scores"):
-                    if hasattr(ref, f):
-                        a, r = np.asarray(getattr(out, f)), np.asarray(getattr(ref, f))
-                        close &= bool(np.allclose(a, r, atol=atol, rtol=rtol, equal_nan=True))
+                close = all(
+                    is_close(getattr(out, f), getattr(ref, f))
+                    for f in ("logits", "scores")
+                    if hasattr(ref, f)
+                )
                 rows.append(
                     dict(
                         step=name,

@@ -124,7 +124,7 @@ def _system(
     modules: Sequence[exits.MultiExit],
     rate: float,
     composed: PairComposed,
-    cascade_buckets: tuple[float, ...],
+    cascade_fractions: tuple[float, ...],
 ) -> compose.ComposedClassifier:
     """The composed pair at keep-schedule `rate` (1: no pruning), thresholds at +inf."""
     swift = compose.ComposedTierConfig.make(
@@ -141,7 +141,8 @@ def _system(
         acc_rate=rate if prune else None,
         acc=pruning.AccConfig.bert() if prune else None,
     )
-    config = compose.ComposedConfig(tiers=(swift, super_), cascade_bucket_fractions=cascade_buckets)
+    tiers = (swift, super_)
+    config = compose.ComposedConfig(tiers=tiers, cascade_bucket_fractions=cascade_fractions)
     return compose.ComposedClassifier(list(modules), config)
 
 

@@ -34,6 +34,7 @@ from elang_jax.engine import (
     TierResult,
     cascade_loop,
     per_tier,
+    per_tier_lengths,
     step_thresholds,
     step_valid,
 )
@@ -172,14 +173,11 @@ class Cascade:
         """[b] analytic FLOPs of each example of a batch padded to `length` (one length per
         tier when the tiers had their own inputs): every tier that ran on it
         (`elang_jax.flops.classifier_flops`)."""
-        n = len(self.tiers)
-        lengths = [length] * n if isinstance(length, int) else list(length)
-        if len(lengths) != n:
-            raise ValueError(f"need one length per tier ({n}), got {length}")
+        lengths = per_tier_lengths(length, len(self.tiers))
         ran = ~np.isnan(np.asarray(out.scores))
         # Every tier's classifier has a `config`; `Tier.model` is typed as any nnx.Module.
         configs = [t.model.config for t in self.tiers]  # pyright: ignore[reportAttributeAccessIssue]
-        cost = [flops.classifier_flops(c, int(t)) for c, t in zip(configs, lengths, strict=True)]
+        cost = [flops.classifier_flops(c, t) for c, t in zip(configs, lengths, strict=True)]
         return ran.astype(np.float64) @ np.array(cost, np.float64)
 
     # ------------------------------------------------------------------ offline path

@@ -36,6 +36,7 @@ from elang_jax.engine import (
     TierResult,
     cascade_loop,
     per_tier,
+    per_tier_lengths,
     step_thresholds,
     step_valid,
 )
@@ -209,9 +210,7 @@ class ComposedClassifier:
     ) -> Float[np.ndarray, " b"]:
         """[b] analytic FLOPs of each example of a batch padded to `length` (one length per
         tier when the tiers had their own inputs)."""
-        lengths = [length] * self.num_tiers if isinstance(length, int) else list(length)
-        if len(lengths) != self.num_tiers:
-            raise ValueError(f"need one length per tier ({self.num_tiers}), got {length}")
+        lengths = per_tier_lengths(length, self.num_tiers)
         layers = np.asarray(out.layers)
         exit_index = np.asarray(out.exit_index)
         cost = np.zeros(layers.shape[0])
@@ -222,7 +221,7 @@ class ComposedClassifier:
                     continue
                 key = (k, int(layers[i, k]), int(exit_index[i, k]))
                 if key not in cache:
-                    cache[key] = self.tier_flops(k, int(lengths[k]), *key[1:])
+                    cache[key] = self.tier_flops(k, lengths[k], *key[1:])
                 cost[i] += cache[key]
         return cost
 

@@ -5,6 +5,7 @@ from elang_jax.engine._cascade import TierFn, TierResult, cascade_loop
 from elang_jax.engine._data_parallel import DATA_AXIS, DataParallel, active_layout
 from elang_jax.engine._inputs import (
     per_tier,
+    per_tier_lengths,
     step_count,
     step_threshold,
     step_thresholds,
@@ -27,6 +28,7 @@ __all__ = [
     "escalate_apply",
     "exchange_capacity",
     "per_tier",
+    "per_tier_lengths",
     "step_count",
     "step_threshold",
     "step_thresholds",

@@ -25,6 +25,15 @@ def per_tier(inputs: Mapping[str, Any] | Sequence[Mapping[str, Any]], n: int) ->
     return list(inputs)
 
 
+def per_tier_lengths(length: int | Sequence[int], n: int) -> list[int]:
+    """One padded length per tier: an int is shared by all n tiers; a sequence gives each
+    tier its own (tiers with their own inputs), and must hold exactly n."""
+    lengths = [length] * n if isinstance(length, int) else list(length)
+    if len(lengths) != n:
+        raise ValueError(f"need one length per tier ({n}), got {length}")
+    return [int(t) for t in lengths]
+
+
 def step_valid(valid: ArrayLike | None, batch_size: int) -> Bool[Array, " b"]:
     """[b] bool marking the real rows (all rows when None).
 
