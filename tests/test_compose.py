@@ -11,14 +11,16 @@ import pytest
 from flax import nnx
 
 from elang_jax import data
-from elang_jax.calibration import CalibrationTarget
+from elang_jax.calibration import CalibrationTarget, calibrate, clopper_pearson_upper
 from elang_jax.cascade import TierConfig
 from elang_jax.compose import (
+    CandidateGrid,
     ComposedClassifier,
     ComposedConfig,
     ComposedTierConfig,
     calibrate_composed,
     candidate_grid,
+    pareto_front,
     tier_outcomes,
 )
 from elang_jax.exits import MultiExit, MultiExitConfig
@@ -275,6 +277,41 @@ def test_calibration_meets_the_target(full_system, pool):
     # Nothing meeting the target is cheaper.
     ok = (grid.predictions == labels).mean(-1) >= reference.mean() - 1e-12
     assert chosen.point.cost <= (grid.flops[ok] / ref_flops).min() + 1e-12
+
+
+def test_pareto_front():
+    loss = np.array([0.0, 0.3, 0.0, 0.0, 0.1, 0.1, 0.5])
+    cost = np.array([1.0, 0.9, 0.8, 0.6, 0.5, 0.5, 0.5])
+    # 0 and 2 lose to 3 (cheaper, as good), 1 to everything cheaper, 5 ties 4 (the first
+    # kept), 6 to 4 at equal cost: most expensive first.
+    np.testing.assert_array_equal(pareto_front(loss, cost), [3, 4])
+
+
+def test_guarantee_tests_the_pareto_front_on_the_other_half():
+    """Sorted by cost alone, a noisy candidate early in the sequence ends the test before
+    the cheap good candidates behind it; on the Pareto front it is skipped, and the bound
+    comes from the half of the examples that did not pick the front."""
+    n, rng = 400, np.random.default_rng(0)
+    labels = rng.integers(0, 2, n)
+    # Candidates (cost): exact (1.0), 30% wrong (0.9), exact (0.8, 0.6), 20% wrong (0.3).
+    wrong = [0.0, 0.3, 0.0, 0.0, 0.2]
+    preds = np.stack([np.where(rng.random(n) < w, 1 - labels, labels) for w in wrong])
+    cost = np.array([1.0, 0.9, 0.8, 0.6, 0.3])
+    config = ComposedConfig(tiers=(ComposedTierConfig.make(name="a"),))
+    grid = CandidateGrid(preds, cost, [config] * len(cost))
+    reference = np.ones(n, bool)
+    target = CalibrationTarget(objective="guarantee", epsilon=0.05, delta=0.1)
+    by_cost = calibrate(preds == labels, cost, reference, target)
+    assert by_cost.index == 0  # stopped at the noisy candidate
+    chosen = calibrate_composed([grid], labels, reference, 1.0, target, seed=3)
+    assert chosen.point.index == 3 and chosen.point.cost == pytest.approx(0.6)
+    half = np.random.default_rng(3).permutation(n)[n // 2 :]
+    bound = clopper_pearson_upper(int((preds[3][half] != labels[half]).sum()), len(half), 0.1)
+    assert chosen.point.upper_bound_drop == pytest.approx(bound)
+    assert chosen.point.accuracy == 1.0 and chosen.point.reference_accuracy == 1.0
+    # The accuracy target keeps pooling every candidate.
+    loose = calibrate_composed([grid], labels, reference, 1.0, CalibrationTarget(epsilon=0.3))
+    assert loose.point.index == 4
 
 
 # ---------------------------------------------------------------------------- bad input

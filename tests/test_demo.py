@@ -251,8 +251,9 @@ def test_pair_flag(tmp_path, capsys):
     assert args.pair
     config = pair_config(cache_dir=args.cache_dir)
     assert config.cache_path == tmp_path and config.swift.distill == Distill()
-    # The distilled Swift trains on twice the plain recipe's phrases; CascadeBERT's on those.
-    assert config.swift.finetune.train_examples == 2 * config.plain_swift.train_examples
+    # The distilled Swift learns from every training phrase; CascadeBERT's from a sample.
+    assert config.swift.finetune.train_examples is None
+    assert config.plain_swift.train_examples is not None
     assert config.peers and config.guarantee_delta is not None and config.cascadebert
     assert config.composed == PairComposed()
     quick = pair_config(quick=True, timing_rounds=2)

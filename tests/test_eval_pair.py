@@ -101,7 +101,10 @@ def test_paired_batches_hold_the_same_rows(minilm_dir, mpnet_dir):
 
 
 def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
-    config = B.PairEvalConfig.tiny(mpnet_dir, minilm_dir, cache_dir=str(tmp_path / "cache"))
+    # With the guarantee rows: the composed pair is calibrated for both targets at once.
+    config = B.PairEvalConfig.tiny(
+        mpnet_dir, minilm_dir, cache_dir=str(tmp_path / "cache"), guarantee_delta=0.2
+    )
     # Through the pair demo (`elang-jax demo --pair`): evaluate_pair, tables, files.
     printed: list[str] = []
     result = run_pair_demo(config, out_dir=tmp_path / "out", echo=printed.append)
@@ -112,7 +115,9 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     assert any("E-LANG energy" in line for line in printed)
     rows = {r["method"]: r for r in result["rows"]}
     methods = config.methods
-    assert list(rows) == [SUPER_ROW, SWIFT_ROW, *(m.name for m in methods), B.COMPOSED_ROW]
+    composed_rows = [B.COMPOSED_ROW, f"{B.COMPOSED_ROW} (guarantee)"]
+    assert list(rows) == [SUPER_ROW, SWIFT_ROW, *(m.name for m in methods), *composed_rows]
+    assert {m.target for m in methods} == {"accuracy", "guarantee"}
     # Every score; CascadeBERT with and without DAR.
     assert {m.score for m in methods} == {"energy", "softmax_lse", "max_prob"}
     assert {m.swift for m in methods} == {"swift", "swift_ce", "swift_dar"}
@@ -153,13 +158,18 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
         assert p["routing_of"] == methods[0].name and p["ours_speedup"] > 0
         assert p["prediction_agreement"] >= 0.95  # float noise may flip a borderline row
     # The composed pair: calibrated jointly, its compiled step equal to the offline replay.
-    c = rows[B.COMPOSED_ROW]
-    assert c["calib_replay_agreement"] == 1.0
-    assert c["swift_exits"] == [1] and c["super_exits"] == [1, 2]
-    assert 1.0 <= c["super_layers_mean_escalated"] <= 2.0 or c["to_super"] == 0.0
-    assert c["swift_layers_mean"] == 1.0
-    assert 0.0 < c["acc_rate"] <= 1.0 and len(c["keep_schedules"]) >= 1
-    assert c["flop_speedup"] > 0 and isinstance(c["target_met"], bool)
+    for name, target in zip(composed_rows, ("accuracy", "guarantee"), strict=True):
+        c = rows[name]
+        assert c["target"] == target and c["kind"] == "composed"
+        assert c["calib_replay_agreement"] == 1.0
+        assert c["swift_exits"] == [1] and c["super_exits"] == [1, 2]
+        assert 1.0 <= c["super_layers_mean_escalated"] <= 2.0 or c["to_super"] == 0.0
+        assert c["swift_layers_mean"] == 1.0
+        assert 0.0 < c["acc_rate"] <= 1.0 and len(c["keep_schedules"]) >= 1
+        assert c["flop_speedup"] > 0 and isinstance(c["target_met"], bool)
+    # Only the guarantee's candidate carries a bound on the drop.
+    assert rows[B.COMPOSED_ROW]["upper_bound_drop"] is None
+    assert rows[composed_rows[1]]["upper_bound_drop"] is not None
     assert set(result["goals"]) == {"E-LANG energy", B.COMPOSED_ROW}
     for g in result["goals"].values():
         assert {"accuracy_drop_met", "measured_speedup_met", "measured_over_flop_met"} <= set(g)

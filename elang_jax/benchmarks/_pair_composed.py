@@ -6,7 +6,8 @@ Exit heads are DeeBERT's second stage: trained on each fine-tuned backbone's fro
 of training examples (never calibration ones), cached next to the model by its weights. The
 cascade threshold, both exit thresholds and Super's keep schedule are calibrated jointly on
 the calibration split (`compose.candidate_grid` replays the step offline for every
-combination; one Super pass per keep schedule), then the chosen step runs on dev.
+combination; one Super pass per keep schedule); the cheapest candidate meeting each target
+(accuracy, guarantee) is compiled and run on dev.
 
 Shape vocabulary: n examples, v valid rows of a batch.
 """
@@ -36,6 +37,11 @@ from elang_jax.training._finetune import FINAL_DIR
 
 log = logging.getLogger(__name__)
 COMPOSED_ROW = "Composed: E-LANG + exits + ACC"
+
+
+def composed_row_name(target: str) -> str:
+    """The composed row calibrated for `target` (named like the cascade rows)."""
+    return COMPOSED_ROW if target == ACCURACY else f"{COMPOSED_ROW} ({target})"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -146,7 +152,7 @@ def _system(
     return compose.ComposedClassifier(list(modules), config)
 
 
-def composed_pair_row(
+def composed_pair_rows(
     *,
     models: Mapping[str, Finetuned],
     composed: PairComposed,
@@ -156,13 +162,13 @@ def composed_pair_row(
     y_cal: Int[np.ndarray, " n"],
     n_dev: int,
     super_correct: Bool[np.ndarray, " n"],
-    target: CalibrationTarget,
+    targets: Mapping[str, CalibrationTarget],
     batch_size: int,
     buckets: D.LengthBuckets,
     super_dev_flops: float,
     seed: int,
-) -> tuple[Callable[[Any], Any], dict[str, Any], np.ndarray]:
-    """The composed pair calibrated on the calibration split and run on dev.
+) -> list[tuple[Callable[[Any], Any], dict[str, Any], np.ndarray]]:
+    """The composed pair calibrated on the calibration split for each target and run on dev.
 
     Args:
       models: the fine-tuned "super" and Swift (`SWIFT`).
@@ -171,14 +177,15 @@ def composed_pair_row(
       calib_batches, dev_batches: per-tier batches (`paired_batches`).
       y_cal: [n] calibration labels; n_dev: dev examples; super_correct: [n] whether
         Super alone is right on each calibration example (the target's reference).
-      target: the calibration target.
+      targets: target kind (`ACCURACY`, `GUARANTEE`) -> its calibration target; one row
+        each, all chosen from the same candidate grids.
       batch_size, buckets: the step's rows, the length buckets of the exit-feature passes.
       super_dev_flops: Super alone's FLOPs over dev (the speed-up's reference).
       seed: exit-head initialisation and shuffling.
 
     Returns:
-      (the step as a function of a dict of per-tier batches, its row without accuracy and
-      timing, its [n_dev] predictions).
+      per target, (the step as a function of a dict of per-tier batches, its row without
+      accuracy and timing, its [n_dev] predictions).
     """
     roles = (SWIFT, "super")
     layers = {SWIFT: composed.swift_exits, "super": composed.super_exits}
@@ -211,59 +218,68 @@ def composed_pair_row(
     reference_flops = float(
         sum(flops.classifier_flops(super_cfg, int(t)) for t in super_out.lengths)
     )
-    chosen = compose.calibrate_composed(grids, y_cal, super_correct, reference_flops, target)
-    built = compose.ComposedClassifier(modules, chosen.config)
-    step = built.serving_step(batch_size)
+    keep_schedules = [float(s.rate) for s in schedules]
 
-    def forward(b: dict[str, D.Batch]) -> Any:
-        return step([batch_inputs(b[r]) for r in roles], valid=b["super"].valid)
+    def run_chosen(kind: str, target: CalibrationTarget):
+        # The cheapest candidate meeting `target`: its compiled step, checked against its
+        # replay, run on dev.
+        chosen = compose.calibrate_composed(
+            grids, y_cal, super_correct, reference_flops, target, seed=seed
+        )
+        built = compose.ComposedClassifier(modules, chosen.config)
+        step = built.serving_step(batch_size)
 
-    def run(batches: Sequence[dict[str, D.Batch]], n: int) -> dict[str, np.ndarray]:
-        names = ("pred", "tier", "flops", "swift_layers", "super_layers")
-        idx, cols = [], {k: [] for k in names}
-        for b in batches:
-            out, v = forward(b), b["super"].valid
-            lengths = [b[r].input_ids.shape[1] for r in roles]
-            idx.append(b["super"].index[v])
-            cols["pred"].append(np.asarray(out.predictions)[v])
-            cols["tier"].append(np.asarray(out.tier)[v])
-            cols["flops"].append(built.example_flops(out, lengths)[v])
-            cols["swift_layers"].append(np.asarray(out.layers)[v, 0])
-            cols["super_layers"].append(np.asarray(out.layers)[v, 1])
-        return {k: D.restore_order(idx, c, n) for k, c in cols.items()}
+        def forward(b: dict[str, D.Batch]) -> Any:
+            return step([batch_inputs(b[r]) for r in roles], valid=b["super"].valid)
 
-    # The compiled step must reproduce the offline replay it was calibrated on.
-    offset = sum(len(g.flops) for g in grids[: chosen.grid])
-    assert chosen.point.index is not None
-    replay = grids[chosen.grid].predictions[int(chosen.point.index) - offset]
-    on_calib = run(calib_batches, n_cal)
-    dev = run(dev_batches, n_dev)
-    escalated = dev["tier"] == 1
-    swift_tier, super_tier = chosen.config.tiers
-    op = chosen.point
-    row = dict(
-        method=COMPOSED_ROW,
-        kind="composed",
-        score=str(Score.ENERGY),
-        swift=SWIFT,
-        target=ACCURACY,
-        to_super=float(escalated.mean()),
-        flop_speedup=super_dev_flops / float(dev["flops"].sum()),
-        threshold=float(swift_tier.threshold),
-        swift_exit_threshold=float(swift_tier.exit_threshold),
-        super_exit_threshold=float(super_tier.exit_threshold),
-        acc_rate=float(super_tier.acc_rate or 1.0),
-        swift_exits=list(composed.swift_exits),
-        super_exits=list(composed.super_exits),
-        swift_layers_mean=float(dev["swift_layers"].mean()),
-        super_layers_mean_escalated=(
-            float(dev["super_layers"][escalated].mean()) if escalated.any() else 0.0
-        ),
-        calib_accuracy=op.accuracy,
-        calib_super_accuracy=op.reference_accuracy,
-        target_met=bool(op.accuracy >= op.reference_accuracy - target.epsilon - 1e-12),
-        upper_bound_drop=op.upper_bound_drop,
-        calib_replay_agreement=float((on_calib["pred"] == replay).mean()),
-        keep_schedules=[float(s.rate) for s in schedules],
-    )
-    return forward, row, dev["pred"]
+        def run(batches: Sequence[dict[str, D.Batch]], n: int) -> dict[str, np.ndarray]:
+            names = ("pred", "tier", "flops", "swift_layers", "super_layers")
+            idx, cols = [], {k: [] for k in names}
+            for b in batches:
+                out, v = forward(b), b["super"].valid
+                lengths = [b[r].input_ids.shape[1] for r in roles]
+                idx.append(b["super"].index[v])
+                cols["pred"].append(np.asarray(out.predictions)[v])
+                cols["tier"].append(np.asarray(out.tier)[v])
+                cols["flops"].append(built.example_flops(out, lengths)[v])
+                cols["swift_layers"].append(np.asarray(out.layers)[v, 0])
+                cols["super_layers"].append(np.asarray(out.layers)[v, 1])
+            return {k: D.restore_order(idx, c, n) for k, c in cols.items()}
+
+        # The compiled step must reproduce the offline replay it was calibrated on.
+        offset = sum(len(g.flops) for g in grids[: chosen.grid])
+        assert chosen.point.index is not None
+        replay = grids[chosen.grid].predictions[int(chosen.point.index) - offset]
+        on_calib = run(calib_batches, n_cal)
+        dev = run(dev_batches, n_dev)
+        escalated = dev["tier"] == 1
+        swift_tier, super_tier = chosen.config.tiers
+        op = chosen.point
+        row = dict(
+            method=composed_row_name(kind),
+            kind="composed",
+            score=str(Score.ENERGY),
+            swift=SWIFT,
+            target=kind,
+            to_super=float(escalated.mean()),
+            flop_speedup=super_dev_flops / float(dev["flops"].sum()),
+            threshold=float(swift_tier.threshold),
+            swift_exit_threshold=float(swift_tier.exit_threshold),
+            super_exit_threshold=float(super_tier.exit_threshold),
+            acc_rate=float(super_tier.acc_rate or 1.0),
+            swift_exits=list(composed.swift_exits),
+            super_exits=list(composed.super_exits),
+            swift_layers_mean=float(dev["swift_layers"].mean()),
+            super_layers_mean_escalated=(
+                float(dev["super_layers"][escalated].mean()) if escalated.any() else 0.0
+            ),
+            calib_accuracy=op.accuracy,
+            calib_super_accuracy=op.reference_accuracy,
+            target_met=bool(op.accuracy >= op.reference_accuracy - target.epsilon - 1e-12),
+            upper_bound_drop=op.upper_bound_drop,
+            calib_replay_agreement=float((on_calib["pred"] == replay).mean()),
+            keep_schedules=keep_schedules,
+        )
+        return forward, row, dev["pred"]
+
+    return [run_chosen(kind, target) for kind, target in targets.items()]

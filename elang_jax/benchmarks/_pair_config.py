@@ -10,7 +10,13 @@ from typing import Any
 
 from elang_jax import data as D
 from elang_jax.benchmarks._pair_composed import PairComposed
-from elang_jax.benchmarks._pair_methods import ACCURACY, SWIFT, PairMethod, pair_methods
+from elang_jax.benchmarks._pair_methods import (
+    ACCURACY,
+    SWIFT,
+    PairMethod,
+    pair_methods,
+    pair_targets,
+)
 from elang_jax.benchmarks._pair_models import Distill, PairModel
 from elang_jax.calibration import CalibrationTarget
 from elang_jax.demo._sections import CalibrationSection, FinetuneSection
@@ -66,7 +72,8 @@ class PairEvalConfig:
         learn from labels only, as CascadeBERT does).
       composed: also calibrate and run the composed pair (`_pair_composed`: the E-LANG
         router on a Swift that exits early, before a Super that exits early and prunes
-        tokens) at the accuracy target; None: not.
+        tokens) at the accuracy target (and at the guarantee target with
+        `guarantee_delta`); None: not.
       peers: also time the same checkpoints in transformers' PyTorch, cascaded the
         TangoBERT way and the E-LANG code's way (`_pair_peers`), against our step.
       eval_file: evaluate on this labelled TSV (the task's GLUE dev format) instead of dev.
@@ -168,6 +175,11 @@ class PairEvalConfig:
         )
 
     @property
+    def targets(self) -> tuple[str, ...]:
+        """The calibration targets every row is run at (`_pair_methods.pair_targets`)."""
+        return pair_targets(guarantee=self.guarantee_delta is not None)
+
+    @property
     def methods(self) -> tuple[PairMethod, ...]:
         """The cascade rows this run reports (`_pair_methods.pair_methods`)."""
         return pair_methods(
@@ -195,8 +207,8 @@ class PairEvalConfig:
     ) -> PairEvalConfig:
         """The real run on `task`. `super_recipe` and `swift_recipe` change fields of each
         model's recipe (e.g. `{"train_examples": 4000}` when time is short); `distill`
-        trains the Swift on Super's soft labels too, on twice as many examples (twice the
-        epochs when the recipe takes every training example).
+        trains the Swift on Super's soft labels too, on every training example (twice the
+        epochs when the recipe already takes every one).
 
         SST-2 gets the defaults. A sentence-pair task (MRPC, RTE, QNLI) gets inputs of up to
         128 tokens, a random 600-example calibration holdout and the `PAIR_TASK_*` recipes
@@ -211,11 +223,13 @@ class PairEvalConfig:
             base, super_ft, swift_ft = {}, SUPER_FINETUNE, FinetuneSection()
         base["plain_swift"] = swift_ft
         if distill:
-            examples = swift_ft.train_examples
+            # Soft labels cost one Super pass, far less than Super's fine-tuning: a recipe
+            # on a sample of the training set learns from all of it, one on all of it
+            # for twice the epochs.
             swift_ft = (
                 dataclasses.replace(swift_ft, epochs=2 * swift_ft.epochs)
-                if examples is None
-                else dataclasses.replace(swift_ft, train_examples=2 * examples)
+                if swift_ft.train_examples is None
+                else dataclasses.replace(swift_ft, train_examples=None)
             )
         super_ft = dataclasses.replace(super_ft, **dict(super_recipe or {}))
         swift_ft = dataclasses.replace(swift_ft, **dict(swift_recipe or {}))

@@ -17,10 +17,12 @@ from elang_jax.benchmarks._pair_models import Finetuned, finetune, finetune_conf
 from elang_jax.benchmarks._pair_models import base_checkpoint as _base
 from elang_jax.cascade import DarConfig, DifficultyAwareLoss
 from elang_jax.checkpoints import sha256_of
+from elang_jax.demo._models import fingerprint
 from elang_jax.training._finetune import FINAL_DIR
 
 HARD_FILE = "hard.npy"  # CascadeBERT's hard flags over the DAR Swift's training set
-# The Super's logits over a distilled Swift's training set (named by the Super's weights).
+# The Super's logits over a distilled Swift's training set (named by the Super's weights and
+# the training set).
 TEACHER_FILE = "teacher_logits_{}.npy"
 
 
@@ -91,7 +93,11 @@ def _distilled_swift(
     # Named by the Super's weights: a Super fine-tuned again gets new soft labels (and the
     # Swift's run, which records them by content, is then another run), never stale ones.
     weights = sha256_of(teacher.workdir / FINAL_DIR / "model.safetensors")
-    teacher_file = workdir / TEACHER_FILE.format(weights[:12])
+    # ... and by what decides the training set, so a recipe on more examples never meets
+    # soft labels of fewer.
+    training_set = (ft.task, ft.train_split, ft.train_limit, ft.max_length, ft.truncate)
+    holdout = (ft.holdout, ft.holdout_seed, str(ft.holdout_kind))
+    teacher_file = workdir / TEACHER_FILE.format(fingerprint(weights, training_set, holdout))
     if not teacher_file.is_file():
         # The Super's logits over the Swift's training set are the soft labels.
         logits, _ = training.training_set_logits(

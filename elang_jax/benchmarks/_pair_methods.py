@@ -58,12 +58,16 @@ CASCADEBERT_METHODS = (
 )
 
 
+def pair_targets(*, guarantee: bool) -> tuple[str, ...]:
+    """The calibration targets every row is run at: accuracy, then (with `guarantee`) the
+    guarantee target."""
+    return (ACCURACY, GUARANTEE) if guarantee else (ACCURACY,)
+
+
 def pair_methods(*, cascadebert: bool, guarantee: bool) -> tuple[PairMethod, ...]:
-    """The rows to run: the base methods (and CascadeBERT's pair), at the accuracy target,
-    then (with `guarantee`) the same at the guarantee target."""
+    """The rows to run: the base methods (and CascadeBERT's pair) at each of `pair_targets`."""
     base = BASE_METHODS + (CASCADEBERT_METHODS if cascadebert else ())
-    targets = (ACCURACY, GUARANTEE) if guarantee else (ACCURACY,)
-    return tuple(m.at(t) for t in targets for m in base)
+    return tuple(m.at(t) for t in pair_targets(guarantee=guarantee) for m in base)
 
 
 def swift_roles(methods: tuple[PairMethod, ...]) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ from elang_jax.compose._calibrate import (
     TierOutcomes,
     calibrate_composed,
     candidate_grid,
+    pareto_front,
     tier_outcomes,
 )
 from elang_jax.compose._config import ComposedConfig, ComposedTierConfig
@@ -31,6 +32,7 @@ __all__ = [
     "CandidateGrid",
     "TierOutcomes",
     "candidate_grid",
+    "pareto_front",
     "ComposedClassifier",
     "ComposedConfig",
     "ComposedOutput",

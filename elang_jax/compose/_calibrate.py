@@ -4,7 +4,8 @@ Each tier runs once over the calibration split with no example leaving early
 (`tier_outcomes`: every exit's logits under the tier's pruning and MoE settings). From those,
 `candidate_grid` replays the compiled step's decisions exactly (exit by exit, then tier by
 tier) for every combination of candidate thresholds, with each example's analytic FLOPs,
-and `calibrate_composed` hands the grid to the shared `elang_jax.calibration.calibrate`.
+and `calibrate_composed` hands the grid to the shared `elang_jax.calibration.calibrate`
+(for the guarantee target, only its Pareto front: see there).
 Static choices (the ACC rate, the active experts) change the program: calibrate one system
 per choice and pool their grids (`calibrate` over the concatenation).
 
@@ -25,6 +26,7 @@ from jaxtyping import Bool, Float, Int
 from elang_jax import data
 from elang_jax.calibration import (
     CalibrationTarget,
+    Objective,
     OperatingPoint,
     calibrate,
     threshold_candidates,
@@ -206,27 +208,65 @@ class ComposedPoint:
     grid: int
 
 
+def pareto_front(loss: Float[np.ndarray, " m"], cost: Float[np.ndarray, " m"]) -> np.ndarray:
+    """Indices of the candidates that no other beats in both loss and cost (a cheaper one
+    with loss at most theirs, or an equally cheap one with less), most expensive first.
+    Along this sequence the loss never falls as the cost falls."""
+    keep, best = [], math.inf
+    for i in np.lexsort((loss, cost)):  # cheapest first; of equal cost, least loss first
+        if loss[i] < best:
+            keep.append(int(i))
+            best = float(loss[i])
+    return np.asarray(keep[::-1], np.int64)
+
+
 def calibrate_composed(
     grids: Sequence[CandidateGrid],
     labels: Int[np.ndarray, " n"],
     reference_correct: Bool[np.ndarray, " n"],
     reference_flops: float,
     target: CalibrationTarget,
+    seed: int = 0,
 ) -> ComposedPoint:
     """The cheapest candidate of the pooled grids that meets `target` (cost = FLOPs over
-    `reference_flops`, the reference model's total FLOPs on the same examples)."""
+    `reference_flops`, the reference model's total FLOPs on the same examples).
+
+    For the guarantee target this is Pareto testing (Laufer-Goldshtein et al., 2023): a
+    fixed-sequence test over thousands of joint candidates sorted by cost alone stops at
+    the first noisy one, however cheap the candidates behind it. So a random half of the
+    examples (`seed`) picks the sequence, the candidates on the (cost, drop) Pareto front
+    there, most expensive first, and the other half tests it: the bound, and so the
+    guarantee, rests on labels the sequence never saw (costs need no labels: they are over
+    all examples, as are the reported accuracies).
+    """
     if not grids:
         raise ValueError("no candidate grids to calibrate over")
     if reference_flops <= 0:
         raise ValueError(f"reference_flops must be positive, got {reference_flops}")
     labels = np.asarray(labels)
+    reference_correct = np.asarray(reference_correct, bool)
     correct = np.concatenate([g.predictions == labels[None] for g in grids])
     cost = np.concatenate([g.flops for g in grids]) / reference_flops
     which = np.concatenate([np.full(len(g.flops), i) for i, g in enumerate(grids)])
     configs = [c for g in grids for c in g.configs]
-    # Most expensive first: the order a statistical guarantee tests candidates in.
-    order = np.argsort(-cost, kind="stable")
-    op = calibrate(correct[order], cost[order], reference_correct, target, list(order))
+    if target.objective is Objective.GUARANTEE and len(labels) >= 2:
+        half = np.random.default_rng(seed).permutation(len(labels))
+        pick, tested = np.sort(half[: len(labels) // 2]), np.sort(half[len(labels) // 2 :])
+        drop = (reference_correct[pick][None] & ~correct[:, pick]).mean(axis=1)
+        order = pareto_front(drop, cost)
+    else:
+        # Most expensive first: the order a statistical guarantee tests candidates in.
+        order, tested = np.argsort(-cost, kind="stable"), np.arange(len(labels))
+    op = calibrate(
+        correct[order][:, tested], cost[order], reference_correct[tested], target, list(order)
+    )
     i = int(op.setting)
-    point = dataclasses.replace(op, index=i, setting=None)
+    # Accuracies over every example (a guarantee's bound is over the tested ones).
+    point = dataclasses.replace(
+        op,
+        index=i,
+        setting=None,
+        accuracy=float(correct[i].mean()),
+        reference_accuracy=float(reference_correct.mean()),
+    )
     return ComposedPoint(config=configs[i], point=point, grid=int(which[i]))
