@@ -182,9 +182,7 @@ class PairEvalConfig:
     @property
     def methods(self) -> tuple[PairMethod, ...]:
         """The cascade rows this run reports (`_pair_methods.pair_methods`)."""
-        return pair_methods(
-            cascadebert=self.cascadebert, guarantee=self.guarantee_delta is not None
-        )
+        return pair_methods(cascadebert=self.cascadebert, targets=self.targets)
 
     def spec(self, role: str) -> PairModel:
         """The model and recipe of `role`: Super, the Swift, or CascadeBERT's plain-recipe

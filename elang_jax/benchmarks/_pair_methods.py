@@ -64,10 +64,11 @@ def pair_targets(*, guarantee: bool) -> tuple[str, ...]:
     return (ACCURACY, GUARANTEE) if guarantee else (ACCURACY,)
 
 
-def pair_methods(*, cascadebert: bool, guarantee: bool) -> tuple[PairMethod, ...]:
-    """The rows to run: the base methods (and CascadeBERT's pair) at each of `pair_targets`."""
+def pair_methods(*, cascadebert: bool, targets: tuple[str, ...]) -> tuple[PairMethod, ...]:
+    """The rows to run: the base methods (and CascadeBERT's pair) at each of `targets`
+    (`pair_targets`)."""
     base = BASE_METHODS + (CASCADEBERT_METHODS if cascadebert else ())
-    return tuple(m.at(t) for t in pair_targets(guarantee=guarantee) for m in base)
+    return tuple(m.at(t) for t in targets for m in base)
 
 
 def swift_roles(methods: tuple[PairMethod, ...]) -> tuple[str, ...]:
