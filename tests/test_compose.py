@@ -18,6 +18,7 @@ from elang_jax.compose import (
     ComposedClassifier,
     ComposedConfig,
     ComposedTierConfig,
+    ExecutedCost,
     calibrate_composed,
     candidate_grid,
     pareto_front,
@@ -252,13 +253,55 @@ def test_offline_replay_matches_the_step(full_system, pool):
         step = full_system.serving_step(B)
         th = [t.threshold for t in config.tiers[:-1]]
         eth = [t.exit_threshold for t in config.tiers]
-        preds, cost = np.zeros(POOL, int), 0.0
+        preds, cost, executed = np.zeros(POOL, int), 0.0, 0.0
         for b in batches:
             out = step(_inputs(b.input_ids, b.attention_mask), b.valid, th, eth)
             preds[b.index[b.valid]] = np.asarray(out.predictions)[b.valid]
             cost += full_system.example_flops(out, T)[b.valid].sum()
+            # The executed cost of this batch alone, replayed from the step's own exits;
+            # its cascade bucket must be the one the step ran.
+            v = np.flatnonzero(b.valid)
+            one = ExecutedCost(full_system, np.zeros(len(v), int), [np.array([T])] * 2, B)
+            exit_index = np.asarray(out.exit_index)[v]
+            ran_super = exit_index[:, 1] >= 0
+            assert one.cascade_rows(ran_super)[0] == np.asarray(out.buckets_used)[0, 1]
+            executed += one.total(exit_index).sum()
         np.testing.assert_array_equal(preds, grid.predictions[i])
         assert cost == pytest.approx(grid.flops[i])
+        assert grid.executed is not None
+        assert executed == pytest.approx(grid.executed[i])
+    # Buckets round the rows up, never down.
+    assert grid.executed is not None and np.all(grid.executed >= grid.flops * (1 - 1e-12))
+
+
+def test_executed_cost_counts_bucket_rows(full_system):
+    """Rows of every bucket, by hand: a batch of 8 rows (cascade buckets 0, 2, 4, 8; exit
+    buckets of a tier's r rows 0, r/2, r) and a last batch of 3 examples."""
+    exit_index = np.array(
+        [[0, -1]] * 5
+        + [[1, 0], [1, 3], [1, 3]]  # batch 0: three escalate
+        + [[1, -1], [1, -1], [0, -1]]  # batch 1: none does
+    )
+    batch = np.array([0] * 8 + [1] * 3)
+    replay = ExecutedCost(full_system, batch, [np.array([T, T])] * 2, B)
+
+    def segments(k, layers):
+        total = [full_system.tier_flops(k, T, n, e) for e, n in enumerate(layers)]
+        return np.diff([0.0, *total])
+
+    s = segments(0, (1, 2))
+    u = segments(1, (1, 2, 3, 4))
+    want = [
+        # Swift: 8 rows, then 3 running in a bucket of 4; Super: 3 escalated in a cascade
+        # bucket of 4, first all 3 (bucket 4), then 2 (bucket 2) for three segments.
+        8 * s[0] + 4 * s[1] + 4 * u[0] + 2 * (u[1] + u[2] + u[3]),
+        # 3 valid rows (bucket 4), 2 of them still running (bucket 4); Super skipped.
+        4 * s[0] + 4 * s[1],
+    ]
+    np.testing.assert_allclose(replay.total(exit_index), want, rtol=1e-12)
+    np.testing.assert_array_equal(replay.cascade_rows(exit_index[:, 1] >= 0), [4, 0])
+    with pytest.raises(ValueError, match="more than rows=2"):
+        ExecutedCost(full_system, batch, [np.array([T, T])] * 2, 2)
 
 
 def test_calibration_meets_the_target(full_system, pool):
@@ -272,11 +315,22 @@ def test_calibration_meets_the_target(full_system, pool):
         [grid], labels, reference, ref_flops, CalibrationTarget(epsilon=0.0)
     )
     assert chosen.point.accuracy >= reference.mean() - 1e-12
-    i = chosen.point.index
-    assert chosen.point.cost == pytest.approx(grid.flops[i] / ref_flops)
-    # Nothing meeting the target is cheaper.
     ok = (grid.predictions == labels).mean(-1) >= reference.mean() - 1e-12
-    assert chosen.point.cost <= (grid.flops[ok] / ref_flops).min() + 1e-12
+    # Nothing meeting the target is cheaper: in executed FLOPs (the default), or in
+    # analytic ones when asked.
+    for cost, measure in (("executed", grid.executed), ("analytic", grid.flops)):
+        assert measure is not None
+        point = calibrate_composed(
+            [grid], labels, reference, ref_flops, CalibrationTarget(epsilon=0.0), cost=cost
+        ).point
+        assert point.cost == pytest.approx(measure[point.index] / ref_flops)
+        assert point.cost <= (measure[ok] / ref_flops).min() + 1e-12
+    assert (
+        chosen.point.index
+        == calibrate_composed(
+            [grid], labels, reference, ref_flops, CalibrationTarget(epsilon=0.0), cost="executed"
+        ).point.index
+    )
 
 
 def test_pareto_front():
@@ -299,18 +353,22 @@ def test_guarantee_tests_the_pareto_front_on_the_other_half():
     cost = np.array([1.0, 0.9, 0.8, 0.6, 0.3])
     config = ComposedConfig(tiers=(ComposedTierConfig.make(name="a"),))
     grid = CandidateGrid(preds, cost, [config] * len(cost))
+    with pytest.raises(ValueError, match="executed FLOPs"):
+        calibrate_composed([grid], labels, np.ones(n, bool), 1.0, CalibrationTarget())
     reference = np.ones(n, bool)
     target = CalibrationTarget(objective="guarantee", epsilon=0.05, delta=0.1)
     by_cost = calibrate(preds == labels, cost, reference, target)
     assert by_cost.index == 0  # stopped at the noisy candidate
-    chosen = calibrate_composed([grid], labels, reference, 1.0, target, seed=3)
+    chosen = calibrate_composed([grid], labels, reference, 1.0, target, seed=3, cost="analytic")
     assert chosen.point.index == 3 and chosen.point.cost == pytest.approx(0.6)
     half = np.random.default_rng(3).permutation(n)[n // 2 :]
     bound = clopper_pearson_upper(int((preds[3][half] != labels[half]).sum()), len(half), 0.1)
     assert chosen.point.upper_bound_drop == pytest.approx(bound)
     assert chosen.point.accuracy == 1.0 and chosen.point.reference_accuracy == 1.0
     # The accuracy target keeps pooling every candidate.
-    loose = calibrate_composed([grid], labels, reference, 1.0, CalibrationTarget(epsilon=0.3))
+    loose = calibrate_composed(
+        [grid], labels, reference, 1.0, CalibrationTarget(epsilon=0.3), cost="analytic"
+    )
     assert loose.point.index == 4
 
 

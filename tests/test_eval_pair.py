@@ -167,6 +167,8 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
         assert c["swift_layers_mean"] == 1.0
         assert 0.0 < c["acc_rate"] <= 1.0 and len(c["keep_schedules"]) >= 1
         assert c["flop_speedup"] > 0 and isinstance(c["target_met"], bool)
+        # Buckets round rows up: the step executes at least the analytic FLOPs.
+        assert 0 < c["executed_flop_speedup"] <= c["flop_speedup"] * (1 + 1e-9)
     # Only the guarantee's candidate carries a bound on the drop.
     assert rows[B.COMPOSED_ROW]["upper_bound_drop"] is None
     assert rows[composed_rows[1]]["upper_bound_drop"] is not None
@@ -176,6 +178,7 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     assert result["goals"] == goals(result["rows"])
     table = B.format_pair(result)
     assert "E-LANG energy" in table and "goals" in table and "fine-tuned now" in table
+    assert "FLOPs executed, padding rows of its buckets included" in table
 
     path = tmp_path / "pair.json"
     jsonio.write_json(result, path)

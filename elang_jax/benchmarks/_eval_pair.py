@@ -516,8 +516,9 @@ def format_pair(result: Mapping[str, Any]) -> str:
             f"{c_['method']}: Swift exits after layers {c_['swift_exits']} (mean "
             f"{c_['swift_layers_mean']:.2f} layers run), Super after {c_['super_exits']} "
             f"(mean {c_['super_layers_mean_escalated']:.2f} on escalated inputs), keep rate "
-            f"{c_['acc_rate']:.3f}; calibration-split predictions equal the offline replay on "
-            f"{100 * c_['calib_replay_agreement']:.1f}%"
+            f"{c_['acc_rate']:.3f}; FLOPs executed, padding rows of its buckets included, "
+            f"{c_['executed_flop_speedup']:.2f}x fewer than Super's; calibration-split "
+            f"predictions equal the offline replay on {100 * c_['calib_replay_agreement']:.1f}%"
         )
 
     def met(ok: bool) -> str:

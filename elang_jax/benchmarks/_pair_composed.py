@@ -6,8 +6,9 @@ Exit heads are DeeBERT's second stage: trained on each fine-tuned backbone's fro
 of training examples (never calibration ones), cached next to the model by its weights. The
 cascade threshold, both exit thresholds and Super's keep schedule are calibrated jointly on
 the calibration split (`compose.candidate_grid` replays the step offline for every
-combination; one Super pass per keep schedule); the cheapest candidate meeting each target
-(accuracy, guarantee) is compiled and run on dev.
+combination; one Super pass per keep schedule); the candidate meeting each target (accuracy,
+guarantee) that executes the fewest FLOPs on the calibration batches, padding rows of its
+compaction buckets included (`compose.ExecutedCost`), is compiled and run on dev.
 
 Shape vocabulary: n examples, v valid rows of a batch.
 """
@@ -234,7 +235,7 @@ def composed_pair_rows(
 
         def run(batches: Sequence[dict[str, D.Batch]], n: int) -> dict[str, np.ndarray]:
             names = ("pred", "tier", "flops", "swift_layers", "super_layers")
-            idx, cols = [], {k: [] for k in names}
+            idx, cols, executed = [], {k: [] for k in names}, 0.0
             for b in batches:
                 out, v = forward(b), b["super"].valid
                 lengths = [b[r].input_ids.shape[1] for r in roles]
@@ -244,7 +245,11 @@ def composed_pair_rows(
                 cols["flops"].append(built.example_flops(out, lengths)[v])
                 cols["swift_layers"].append(np.asarray(out.layers)[v, 0])
                 cols["super_layers"].append(np.asarray(out.layers)[v, 1])
-            return {k: D.restore_order(idx, c, n) for k, c in cols.items()}
+                layout = [np.array([t]) for t in lengths]
+                one = compose.ExecutedCost(built, np.zeros(int(v.sum()), int), layout, batch_size)
+                executed += float(one.total(np.asarray(out.exit_index)[v]).sum())
+            per_example = {k: D.restore_order(idx, c, n) for k, c in cols.items()}
+            return dict(per_example, executed=np.asarray(executed))
 
         # The compiled step must reproduce the offline replay it was calibrated on.
         offset = sum(len(g.flops) for g in grids[: chosen.grid])
@@ -263,6 +268,9 @@ def composed_pair_rows(
             target=kind,
             to_super=float(escalated.mean()),
             flop_speedup=super_dev_flops / float(dev["flops"].sum()),
+            # Super's analytic FLOPs over the FLOPs the step executed (bucket rows included):
+            # what the measured speed-up can reach.
+            executed_flop_speedup=super_dev_flops / float(dev["executed"]),
             threshold=float(swift_tier.threshold),
             swift_exit_threshold=float(swift_tier.exit_threshold),
             super_exit_threshold=float(super_tier.exit_threshold),

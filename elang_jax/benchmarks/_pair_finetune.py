@@ -104,6 +104,7 @@ def _distilled_swift(
             teacher.model, teacher.tokenizer, ft, batch_size=config.batch_size
         )
         _save_atomic(teacher_file, logits)
+        training.release_compiled()
     loss = training.DistillationLoss(
         training.DistillConfig(
             teacher_file=teacher_file, temperature=distill.temperature, alpha=distill.alpha

@@ -26,6 +26,7 @@ from elang_jax.compose._calibrate import (
     tier_outcomes,
 )
 from elang_jax.compose._config import ComposedConfig, ComposedTierConfig
+from elang_jax.compose._executed import ExecutedCost
 from elang_jax.compose._system import ComposedClassifier, ComposedOutput
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "ComposedOutput",
     "ComposedPoint",
     "ComposedTierConfig",
+    "ExecutedCost",
     "calibrate_composed",
     "tier_outcomes",
 ]

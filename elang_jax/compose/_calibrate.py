@@ -3,9 +3,10 @@
 Each tier runs once over the calibration split with no example leaving early
 (`tier_outcomes`: every exit's logits under the tier's pruning and MoE settings). From those,
 `candidate_grid` replays the compiled step's decisions exactly (exit by exit, then tier by
-tier) for every combination of candidate thresholds, with each example's analytic FLOPs,
-and `calibrate_composed` hands the grid to the shared `elang_jax.calibration.calibrate`
-(for the guarantee target, only its Pareto front: see there).
+tier) for every combination of candidate thresholds, with each example's analytic FLOPs and
+the FLOPs the step executes at its buckets' rows (`ExecutedCost`), and `calibrate_composed`
+hands the grid to the shared `elang_jax.calibration.calibrate` (for the guarantee target,
+only its Pareto front: see there).
 Static choices (the ACC rate, the active experts) change the program: calibrate one system
 per choice and pool their grids (`calibrate` over the concatenation).
 
@@ -32,6 +33,7 @@ from elang_jax.calibration import (
     threshold_candidates,
 )
 from elang_jax.compose._config import ComposedConfig
+from elang_jax.compose._executed import ExecutedCost
 from elang_jax.compose._system import ComposedClassifier
 from elang_jax.exits import ExitPolicy, exit_scores, simulate_exits
 from elang_jax.routing import score
@@ -45,10 +47,31 @@ class TierOutcomes:
       logits: [e n c] float32, every exit's logits (one exit for a tier without exits).
       lengths: [n] each example's padded length (its batch's), which sets ACC's counts and
         the FLOPs.
+      batch: [n] which batch each example sat in, and `rows` the rows every batch was padded
+        to: the layout the executed cost replays the step's buckets over (`ExecutedCost`).
     """
 
     logits: Float[np.ndarray, "e n c"]
     lengths: Int[np.ndarray, " n"]
+    batch: Int[np.ndarray, " n"]
+    rows: int
+
+
+def _executed_cost(system: ComposedClassifier, outcomes: Sequence[TierOutcomes]) -> ExecutedCost:
+    """The bucket replay over the batches every tier's outcomes came from."""
+    first = outcomes[0]
+    for o in outcomes:
+        if o.rows != first.rows or not np.array_equal(o.batch, first.batch):
+            raise ValueError(
+                "tier outcomes come from different batches: pass each tier's of the same"
+            )
+    nb = int(first.batch.max(initial=-1)) + 1
+    lengths = []
+    for o in outcomes:
+        per_batch = np.zeros(nb, np.int64)
+        per_batch[o.batch] = o.lengths
+        lengths.append(per_batch)
+    return ExecutedCost(system, first.batch, lengths, first.rows)
 
 
 def tier_outcomes(
@@ -59,8 +82,11 @@ def tier_outcomes(
     progress: Callable[[int], Any] | None = None,
 ) -> TierOutcomes:
     """Tier k of `system` over padded batches holding n examples (each once)."""
-    idx, logits, lengths = [], [], []
-    for b in batches:
+    idx, logits, lengths, batch_of = [], [], [], []
+    rows = {b.input_ids.shape[0] for b in batches}
+    if len(rows) > 1:
+        raise ValueError(f"batches of different sizes {sorted(rows)}: pad every batch alike")
+    for i, b in enumerate(batches):
         inputs = dict(
             input_ids=b.input_ids, attention_mask=b.attention_mask, token_type_ids=b.token_type_ids
         )
@@ -68,12 +94,15 @@ def tier_outcomes(
         idx.append(b.index[b.valid])
         logits.append(np.moveaxis(lg[:, b.valid], 1, 0))  # [e v c] -> [v e c]
         lengths.append(np.full(int(b.valid.sum()), b.input_ids.shape[1]))
+        batch_of.append(np.full(int(b.valid.sum()), i))
         if progress is not None:
             progress(1)
     per_example = data.restore_order(idx, logits, n)  # [n e c]
     return TierOutcomes(
         logits=np.moveaxis(per_example, 0, 1),
         lengths=data.restore_order(idx, lengths, n).astype(np.int64),
+        batch=data.restore_order(idx, batch_of, n).astype(np.int64),
+        rows=rows.pop() if rows else 0,
     )
 
 
@@ -84,6 +113,7 @@ class _TierRun:
     predictions: np.ndarray
     scores: np.ndarray
     flops: np.ndarray
+    exit_index: np.ndarray
 
 
 def _exit_candidates(logits, policy: ExitPolicy | None, num: int) -> list[float]:
@@ -131,6 +161,7 @@ def _tier_runs(
                 predictions=preds,
                 scores=np.asarray(score(tier.route.score, at_exit, tier.route.temperature)),
                 flops=np.array([cost(int(t), int(x)) for t, x in zip(out.lengths, e, strict=True)]),
+                exit_index=e,
             )
         )
     return runs
@@ -144,11 +175,14 @@ class CandidateGrid:
       predictions: [m n] each candidate's predictions.
       flops: [m] total analytic FLOPs over the examples.
       configs: [m] the system's config with each candidate's thresholds.
+      executed: [m] total FLOPs the compiled step executes on the same batches, padding
+        rows of its buckets included (`ExecutedCost`); None when not replayed.
     """
 
     predictions: Int[np.ndarray, "m n"]
     flops: Float[np.ndarray, " m"]
     configs: list[ComposedConfig]
+    executed: Float[np.ndarray, " m"] | None = None
 
 
 def candidate_grid(
@@ -165,24 +199,33 @@ def candidate_grid(
         for o, t in zip(outcomes, cfg.tiers, strict=True)
     ]
     runs = [_tier_runs(system, k, o, exit_grid[k]) for k, o in enumerate(outcomes)]
+    replay = _executed_cost(system, outcomes)
+    everything = np.ones(outcomes[0].batch.shape, bool)
+    full_rows = np.full(replay.num_batches, replay.rows)
+    # The first tier's executed cost depends on its exit threshold alone.
+    first = [replay.tier(0, everything, r.exit_index, full_rows).sum() for r in runs[0]]
     cascade_grid = []
     for k in range(system.num_tiers - 1):
         s = np.concatenate([r.scores for r in runs[k]])
         cascade_grid.append(_between(s, num))
-    preds, costs, configs = [], [], []
+    preds, costs, executed, configs = [], [], [], []
     for exit_choice in itertools.product(*(range(len(g)) for g in exit_grid)):
         chosen = [runs[k][i] for k, i in enumerate(exit_choice)]
         for cascade in itertools.product(*cascade_grid):
             pred = chosen[-1].predictions.copy()
             flops = chosen[0].flops.copy()
+            done = first[exit_choice[0]]
             pending = np.ones(pred.shape, bool)
             for k, th in enumerate(cascade):
                 take = pending & (chosen[k].scores >= np.float32(th))
                 pred[take] = chosen[k].predictions[take]
                 pending &= ~take
                 flops = flops + pending * chosen[k + 1].flops
+                rows = replay.cascade_rows(pending)
+                done += replay.tier(k + 1, pending, chosen[k + 1].exit_index, rows).sum()
             preds.append(pred)
             costs.append(float(flops.sum()))
+            executed.append(float(done))
             tiers = [
                 t.with_thresholds(exit_threshold=exit_grid[k][exit_choice[k]])
                 for k, t in enumerate(cfg.tiers)
@@ -190,7 +233,7 @@ def candidate_grid(
             for k, th in enumerate(cascade):
                 tiers[k] = tiers[k].with_thresholds(threshold=th)
             configs.append(cfg.replace(tiers=tuple(tiers)))
-    return CandidateGrid(np.stack(preds), np.asarray(costs), configs)
+    return CandidateGrid(np.stack(preds), np.asarray(costs), configs, np.asarray(executed))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,9 +270,15 @@ def calibrate_composed(
     reference_flops: float,
     target: CalibrationTarget,
     seed: int = 0,
+    cost: str = "executed",
 ) -> ComposedPoint:
-    """The cheapest candidate of the pooled grids that meets `target` (cost = FLOPs over
-    `reference_flops`, the reference model's total FLOPs on the same examples).
+    """The cheapest candidate of the pooled grids that meets `target`.
+
+    `cost` is what "cheapest" means: "executed", the FLOPs the compiled step runs on the
+    calibration batches, padding rows of its buckets included (`CandidateGrid.executed`:
+    wall-clock time follows it, so a candidate whose savings the buckets round away is
+    not chosen for them), or "analytic", each example's own FLOPs. Either is reported
+    over `reference_flops`, the reference model's analytic FLOPs on the same examples.
 
     For the guarantee target this is Pareto testing (Laufer-Goldshtein et al., 2023): a
     fixed-sequence test over thousands of joint candidates sorted by cost alone stops at
@@ -243,22 +292,27 @@ def calibrate_composed(
         raise ValueError("no candidate grids to calibrate over")
     if reference_flops <= 0:
         raise ValueError(f"reference_flops must be positive, got {reference_flops}")
+    if cost not in ("executed", "analytic"):
+        raise ValueError(f"cost must be 'executed' or 'analytic', got {cost!r}")
+    if cost == "executed" and any(g.executed is None for g in grids):
+        raise ValueError("cost='executed' needs every grid's executed FLOPs (candidate_grid)")
     labels = np.asarray(labels)
     reference_correct = np.asarray(reference_correct, bool)
     correct = np.concatenate([g.predictions == labels[None] for g in grids])
-    cost = np.concatenate([g.flops for g in grids]) / reference_flops
+    measure = [g.flops if cost == "analytic" or g.executed is None else g.executed for g in grids]
+    relative = np.concatenate(measure) / reference_flops
     which = np.concatenate([np.full(len(g.flops), i) for i, g in enumerate(grids)])
     configs = [c for g in grids for c in g.configs]
     if target.objective is Objective.GUARANTEE and len(labels) >= 2:
         half = np.random.default_rng(seed).permutation(len(labels))
         pick, tested = np.sort(half[: len(labels) // 2]), np.sort(half[len(labels) // 2 :])
         drop = (reference_correct[pick][None] & ~correct[:, pick]).mean(axis=1)
-        order = pareto_front(drop, cost)
+        order = pareto_front(drop, relative)
     else:
         # Most expensive first: the order a statistical guarantee tests candidates in.
-        order, tested = np.argsort(-cost, kind="stable"), np.arange(len(labels))
+        order, tested = np.argsort(-relative, kind="stable"), np.arange(len(labels))
     op = calibrate(
-        correct[order][:, tested], cost[order], reference_correct[tested], target, list(order)
+        correct[order][:, tested], relative[order], reference_correct[tested], target, list(order)
     )
     i = int(op.setting)
     # Accuracies over every example (a guarantee's bound is over the tested ones).

@@ -105,9 +105,10 @@ def compile_cache(cache: Path):
 def _calibration_key(config: DemoConfig, super_: FinetunedModel, swift: FinetunedModel) -> str:
     # Everything that can change a calibration outcome: both models, and every setting but
     # the ones that only decide how results are timed or shown, or how a step packs its
-    # buckets (an example's output never depends on its batch).
+    # buckets (an example's output never depends on its batch). The exit buckets stay: the
+    # composed row is chosen by the FLOPs its buckets execute.
     ignore = {"preset", "cache_dir", "timing_rounds", "timing_batches", "eval_limit", "progress"}
-    ignore |= {"cascade_buckets", "exit_buckets", "moe_impl"}
+    ignore |= {"cascade_buckets", "moe_impl"}
     # Flat field names (`flat_json`): caches keyed before the config had sections still match.
     settings = {k: v for k, v in config.flat_json().items() if k not in ignore}
     return fingerprint(

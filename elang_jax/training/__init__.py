@@ -55,7 +55,7 @@ from elang_jax.training._hooks import (
 from elang_jax.training._optim import learning_rate_schedule, make_optimizer, weight_decay_mask
 
 # Fine-tuned runs reused from a cache directory.
-from elang_jax.training._reuse import finished_run, train_or_reuse
+from elang_jax.training._reuse import finished_run, release_compiled, train_or_reuse
 
 # Train step.
 from elang_jax.training._step import make_train_step
@@ -90,6 +90,7 @@ __all__ = [
     "make_train_step",
     "finished_run",
     "run_settings",
+    "release_compiled",
     "train_or_reuse",
     "stored_run_settings",
     "train_and_evaluate",

@@ -7,10 +7,13 @@ other settings is an error naming the directory.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+import jax
 
 from elang_jax.training._config import FinetuneConfig
 from elang_jax.training._finetune import (
@@ -69,4 +72,17 @@ def train_or_reuse(
                 f"{remedy}, or delete that directory ({e})"
             ) from None
         raise
+    release_compiled()
     return done, time.perf_counter() - t0, False
+
+
+def release_compiled() -> None:
+    """Drops every compiled program (they recompile on their next call, from the persistent
+    compilation cache when one is set). XLA:CPU maps each kernel of an executable into
+    memory on its own, and Linux caps a process at 65,530 maps (`vm.max_map_count`): a job
+    that fine-tunes several models and then compiles serving steps in one process ran out
+    of maps (LLVM "Unable to allocate section memory") until training's programs, no longer
+    needed, were released."""
+    gc.collect()
+    jax.clear_caches()
+    gc.collect()
