@@ -4,6 +4,7 @@ structure, checks its arguments in one place, and never changes the caller's mod
 
 from __future__ import annotations
 
+import logging
 import math
 
 import chex
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from elang_jax import engine
 from elang_jax.cascade import Cascade, Tier, TierConfig
 from elang_jax.cascade._seq2seq import ElangSeq2Seq, EnergyHead, Seq2SeqCascadeConfig
 from elang_jax.compose import ComposedClassifier, ComposedConfig, ComposedTierConfig
@@ -255,3 +257,17 @@ def test_run_stack_without_selection_is_run_layers(batch):
     with pytest.raises(ValueError, match="no selector"):
         run_stack(enc.layer_fn(), StackState.start(h, mask), 0, 1, (T - 1,))
     jax.block_until_ready(state.h)
+
+
+@pytest.mark.skipif(engine.memory_maps() is None, reason="reads Linux's /proc")
+def test_memory_maps_headroom_is_logged_and_warned(caplog):
+    maps = engine.memory_maps()
+    assert maps is not None
+    held, limit = maps
+    assert 0 < held < limit
+    with caplog.at_level(logging.INFO, logger="elang_jax.engine._maps"):
+        assert engine.check_memory_maps("quiet") is not None
+        engine.check_memory_maps("loaded", warn_at=0.0)
+    quiet, loaded = caplog.records
+    assert quiet.levelno == logging.INFO and "memory maps" in quiet.getMessage()
+    assert loaded.levelno == logging.WARNING and "vm.max_map_count" in loaded.getMessage()

@@ -49,6 +49,7 @@ from elang_jax.cascade import (
     TierConfig,
     calibrate_two_tier,
 )
+from elang_jax.engine import check_memory_maps
 from elang_jax.flops import classifier_flops
 from elang_jax.models import BertConfig
 from elang_jax.routing import Score, score
@@ -253,6 +254,7 @@ def evaluate_pair(
         r["accuracy"] = _accuracy(predictions[r["method"]], y_dev)
 
     timed = _timing_subset(dev_batches, config.timing_batches)
+    maps = check_memory_maps(f"{len(forwards)} rows compiled")
     log.info("timing %d rows against Super, %d rounds", len(forwards) - 1, config.timing_rounds)
     timings = time_against_reference(
         forwards[SUPER_ROW],
@@ -281,6 +283,8 @@ def evaluate_pair(
         calib_examples=len(y_cal),
         timing_batches=len(timed),
         device=str(jax.devices()[0]),
+        # [held, limit] when timing began (None off Linux): see `engine.check_memory_maps`.
+        memory_maps=None if maps is None else list(maps),
         rows=rows,
         predictions=predictions,
         dev_labels=y_dev,
