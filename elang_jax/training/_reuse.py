@@ -57,7 +57,8 @@ def train_or_reuse(
 
     Returns (final metrics, seconds spent training in this call, whether it was reused). A
     run with other settings in `workdir` raises `error` naming model `name` and `remedy`.
-    `loss` is the run's loss hook (None: cross-entropy), part of its settings.
+    `loss` is the run's loss hook (None: cross-entropy), part of its settings. A run that
+    trains releases every compiled program when it ends (`release_compiled`).
     """
     done = finished_run(workdir, config, loss=loss)
     if done is not None:
