@@ -20,6 +20,8 @@ Shape vocabulary: b batch rows, t padded length, c classes.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,6 +34,7 @@ from jaxtyping import Array, Float, Int
 
 from elang_jax.data import Batch
 
+log = logging.getLogger(__name__)
 BatchFn = Callable[[Batch], Any]
 
 
@@ -241,3 +244,117 @@ def time_against_reference(
 def reference_passes(num_candidates: int, rounds: int, compiled: bool = False) -> int:
     """Passes over the batches that `time_against_reference` makes, its warm-up included."""
     return (0 if compiled else num_candidates + 1) + rounds * (num_candidates + 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Many large candidates: timed in groups whose programs are released
+
+
+class GroupedTiming:
+    """`time_against_reference` for more compiled candidates than one process can hold.
+
+    XLA:CPU maps every kernel of a program into memory on its own, and Linux caps a
+    process's maps (`elang_jax.engine.memory_maps`; beyond it LLVM aborts the process). A
+    job with many large steps (a serving step per method, each compiled for every length
+    bucket) therefore hands each candidate over as soon as it has compiled it, keeping no
+    reference of its own, and makes room before compiling the next:
+
+        for name, build in builders.items():
+            fn = build()  # compiled for every batch shape
+            timer.add(name, fn)
+            del fn
+            timer.make_room()
+        timings = timer.results()
+
+    When the maps held, plus those of one more candidate as large as the largest so far,
+    would pass `max_share` of the cap, `make_room` times the pending group against the
+    reference and drops it, which frees its programs. Every group times the reference
+    anew and each candidate's speed-up is over the reference of its own rounds, so groups
+    timed minutes apart still compare. Without a cap to read (off Linux) everything is
+    one group.
+
+    Args:
+      reference: the baseline `fn(batch)`, compiled for every batch shape; kept throughout.
+      batches: the batches every side is timed on.
+      rounds: timing rounds per group.
+      max_share: share of the map cap a group may fill.
+      maps: returns (maps held, cap) or None (tests inject their own).
+    """
+
+    def __init__(
+        self,
+        reference: BatchFn,
+        batches: Sequence[Any],
+        rounds: int,
+        *,
+        max_share: float = 0.75,
+        maps: Callable[[], tuple[int, int] | None] | None = None,
+    ):
+        if not 0.0 < max_share <= 1.0:
+            raise ValueError(f"max_share must be in (0, 1], got {max_share}")
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        from elang_jax.engine import memory_maps  # the engine imports models: not at load
+
+        self._reference = reference
+        self._batches = list(batches)
+        self._rounds = rounds
+        self._max_share = max_share
+        self._maps = maps or memory_maps
+        self._pending: dict[str, BatchFn] = {}
+        self._results: dict[str, ReferenceTiming] = {}
+        #: the candidates of each group, in timing order
+        self.groups: list[tuple[str, ...]] = []
+        #: the most maps held when a candidate was added (None: no cap to read)
+        self.peak_maps: tuple[int, int] | None = None
+        m = self._read()
+        self._held = None if m is None else m[0]
+        self._largest = 0
+
+    def _read(self) -> tuple[int, int] | None:
+        m = self._maps()
+        if m is not None and (self.peak_maps is None or m[0] > self.peak_maps[0]):
+            self.peak_maps = m
+        return m
+
+    def add(self, name: str, fn: BatchFn) -> None:
+        """Queues a candidate already compiled for every batch shape; the caller then
+        drops its own references to it (see the class docstring)."""
+        if name in self._pending or name in self._results:
+            raise ValueError(f"candidate {name!r} added twice")
+        self._pending[name] = fn
+        gc.collect()  # what compiling it left behind (e.g. calibration passes) goes first
+        m = self._read()
+        if m is None or self._held is None:
+            return
+        self._largest = max(self._largest, m[0] - self._held)
+        self._held = m[0]
+
+    def make_room(self) -> None:
+        """Times and releases the pending group if one more candidate as large as the
+        largest so far might not fit under `max_share` of the map cap."""
+        m = self._read()
+        if m is not None and m[0] + self._largest > self._max_share * m[1]:
+            self.flush()
+
+    def flush(self) -> None:
+        """Times the pending candidates against the reference and releases them."""
+        if not self._pending:
+            return
+        names = tuple(self._pending)
+        log.info("timing %d candidates against the reference: %s", len(names), ", ".join(names))
+        self._results |= time_against_reference(
+            self._reference, self._pending, self._batches, self._rounds, compiled=True
+        )
+        self.groups.append(names)
+        self._pending.clear()
+        gc.collect()  # the pending steps' programs go with their last references
+        m = self._read()
+        if m is not None and self._held is not None:
+            log.info("released %d memory maps", self._held - m[0])
+            self._held = m[0]
+
+    def results(self) -> dict[str, ReferenceTiming]:
+        """Every candidate's timing, in the order added (times the last group first)."""
+        self.flush()
+        return dict(self._results)

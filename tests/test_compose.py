@@ -80,6 +80,14 @@ def full_system():
     return ComposedClassifier([swift, super_], config)
 
 
+@pytest.fixture(scope="module")
+def per_segment(full_system):
+    """The same system, its Super packing each segment on its own (exit buckets of 8 rows:
+    0, 4, 8) instead of inside a cascade bucket."""
+    config = full_system.config.replace(packing="per_segment")
+    return ComposedClassifier(full_system.modules, config)
+
+
 def _inputs(ids, mask):
     return dict(input_ids=ids, attention_mask=mask, token_type_ids=np.zeros_like(ids))
 
@@ -189,9 +197,10 @@ def test_every_method_runs_and_escalates(full_system, pool):
     assert full_system.config.label == "swift[exits] -> super[moe+acc+exits]"
 
 
-def test_batch_invariance_of_the_composed_step(full_system, pool):
+@pytest.mark.parametrize("packing", ["nested", "per_segment"])
+def test_batch_invariance_of_the_composed_step(full_system, per_segment, pool, packing):
     """An example's answer, tier, exits and logits do not depend on its batch neighbours."""
-    step = full_system.serving_step(B)
+    step = (full_system if packing == "nested" else per_segment).serving_step(B)
     rng = np.random.RandomState(1)
     first = np.arange(B)
     base = step(_batch(pool, first))
@@ -240,6 +249,32 @@ def test_per_tier_inputs(full_system, pool):
         step([shared] * 3)
     with pytest.raises(ValueError, match="one length per tier"):
         full_system.example_flops(out, [T])
+
+
+def test_per_segment_packing_changes_only_the_buckets(full_system, per_segment, pool):
+    """Packing Super's segments on their own gives every example the same answer, exits and
+    logits as the nested step; only the rows run differ, as `ExecutedCost` replays them."""
+    nested, flat = full_system.serving_step(B), per_segment.serving_step(B)
+    sizes = np.array([0, 4, 8])  # Super's exit buckets of the whole batch
+    for b in _batches(pool)[:3]:
+        inputs = _inputs(b.input_ids, b.attention_mask)
+        want, got = nested(inputs, b.valid), flat(inputs, b.valid)
+        for field in ("predictions", "tier", "exit_index", "layers"):
+            np.testing.assert_array_equal(
+                np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
+            )
+        assert_close(np.asarray(got.logits), np.asarray(want.logits))
+        v = np.flatnonzero(b.valid)
+        exit_index = np.asarray(got.exit_index)[v]
+        ran_super = exit_index[:, 1] >= 0
+        # Super's first segment ran on the exit bucket holding the escalated rows.
+        first = sizes[np.searchsorted(sizes, ran_super.sum())]
+        assert np.asarray(got.buckets_used)[0, 1] == first
+        one = ExecutedCost(per_segment, np.zeros(len(v), int), [np.array([T])] * 2, B)
+        np.testing.assert_array_equal(one.tier_rows(1, ran_super), [B])
+    assert per_segment.config.packs_own(1) and not per_segment.config.packs_own(0)
+    with pytest.raises(ValueError, match="pack their own rows"):
+        per_segment.serving_step(B, rebalance=True)
 
 
 def test_offline_replay_matches_the_step(full_system, pool):
@@ -300,6 +335,14 @@ def test_executed_cost_counts_bucket_rows(full_system):
     ]
     np.testing.assert_allclose(replay.total(exit_index), want, rtol=1e-12)
     np.testing.assert_array_equal(replay.cascade_rows(exit_index[:, 1] >= 0), [4, 0])
+    # Packed per segment, Super's exit buckets are of the whole batch (0, 4, 8): its first
+    # segment runs 3 rows in 4, then 2 in 4.
+    flat = ComposedClassifier(
+        full_system.modules, full_system.config.replace(packing="per_segment")
+    )
+    per_segment = ExecutedCost(flat, batch, [np.array([T, T])] * 2, B)
+    want[0] = 8 * s[0] + 4 * s[1] + 4 * u[0] + 4 * (u[1] + u[2] + u[3])
+    np.testing.assert_allclose(per_segment.total(exit_index), want, rtol=1e-12)
     with pytest.raises(ValueError, match="more than rows=2"):
         ExecutedCost(full_system, batch, [np.array([T, T])] * 2, 2)
 
@@ -386,6 +429,8 @@ def test_bad_configs_are_named():
         ComposedConfig(tiers=(ComposedTierConfig.make(name="a"), ComposedTierConfig.make(name="a")))
     with pytest.raises(ValueError, match="at least one tier"):
         ComposedConfig(tiers=())
+    with pytest.raises(ValueError, match="unknown packing 'sideways'"):
+        ComposedConfig(tiers=(ComposedTierConfig.make(name="a"),), packing="sideways")
 
 
 def test_modules_must_fit_the_config(pool):

@@ -12,7 +12,7 @@ import pytest
 
 from elang_jax import benchmarks as B
 from elang_jax import data as D
-from elang_jax import jsonio
+from elang_jax import engine, jsonio
 from elang_jax.benchmarks._eval_pair import SUPER_ROW, SWIFT_ROW, goals
 from elang_jax.benchmarks._pair_finetune import finetune_configs
 from elang_jax.benchmarks._pair_models import PairModel, adopt_finished
@@ -53,6 +53,10 @@ def test_config_validation(minilm_dir):
         B.PairComposed(acc_targets=(0.9,))
     with pytest.raises(ValueError, match="exit_train_examples"):
         B.PairComposed(exit_train_examples=0)
+    with pytest.raises(ValueError, match="composed.packing must be one of"):
+        B.PairComposed(packing="sideways")
+    with pytest.raises(ValueError, match="timing_max_map_share"):
+        B.PairEvalConfig(timing_max_map_share=0.0)
     assert B.PairEvalConfig(composed={"grid": 5}).composed == B.PairComposed(grid=5)
     assert B.PairEvalConfig(composed=None).composed is None
 
@@ -102,8 +106,13 @@ def test_paired_batches_hold_the_same_rows(minilm_dir, mpnet_dir):
 
 def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     # With the guarantee rows: the composed pair is calibrated for both targets at once.
+    # Every row timed in a group of its own, released before the next compiles (on Linux).
     config = B.PairEvalConfig.tiny(
-        mpnet_dir, minilm_dir, cache_dir=str(tmp_path / "cache"), guarantee_delta=0.2
+        mpnet_dir,
+        minilm_dir,
+        cache_dir=str(tmp_path / "cache"),
+        guarantee_delta=0.2,
+        timing_max_map_share=1e-6,
     )
     # Through the pair demo (`elang-jax demo --pair`): evaluate_pair, tables, files.
     printed: list[str] = []
@@ -131,6 +140,12 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
         assert 0.0 <= r["to_super"] <= 1.0
         assert r["measured_speedup"] > 0 and r["pass_ms"] > 0
     assert rows[SUPER_ROW]["flop_speedup"] == 1.0 and rows[SUPER_ROW]["to_super"] == 1.0
+    timed = [name for group in result["timing_groups"] for name in group]
+    assert timed == list(rows)[1:]  # every row but Super, the reference, once
+    if engine.memory_maps() is not None:
+        assert all(len(group) == 1 for group in result["timing_groups"])
+        held, cap = result["memory_maps"]
+        assert 0 < held <= cap
     # Swift is the 1-layer model: cheaper than Super and than every cascade.
     assert rows[SWIFT_ROW]["flop_speedup"] > 1.5
     for m in methods:

@@ -17,9 +17,11 @@ Every dev number comes from the compiled cascade step (`Cascade.serving_step`) r
 per-tier inputs: each batch holds the same examples tokenized by each tier's tokenizer,
 padded to each tier's own length bucket. The step, Swift alone and Super alone run on the
 same batches, and each is timed against Super's compiled forward, interleaved round by round
-(`elang_jax.timing.time_against_reference`). The FLOP speed-up is the analytic ideal: Super
-FLOPs over Swift FLOPs plus the escalated examples' Super FLOPs, each model at its own padded
-batch length, without bucket rounding of the escalated rows.
+(`elang_jax.timing.time_against_reference`), in groups of rows whose compiled programs are
+released before the next rows compile (`elang_jax.timing.GroupedTiming`): every row's step
+for every length bucket does not fit one process's memory maps. The FLOP speed-up is the
+analytic ideal: Super FLOPs over Swift FLOPs plus the escalated examples' Super FLOPs, each
+model at its own padded batch length, without bucket rounding of the escalated rows.
 
 Shape vocabulary: n examples, c classes, b batch rows, v valid rows of a batch.
 """
@@ -53,7 +55,7 @@ from elang_jax.engine import check_memory_maps
 from elang_jax.flops import classifier_flops
 from elang_jax.models import BertConfig
 from elang_jax.routing import Score, score
-from elang_jax.timing import batch_inputs, logits_fn, time_against_reference
+from elang_jax.timing import GroupedTiming, batch_inputs, logits_fn, time_against_reference
 from elang_jax.training._finetune import FINAL_DIR
 
 log = logging.getLogger(__name__)
@@ -205,11 +207,26 @@ def evaluate_pair(
             flop_speedup=super_flops / _flops(cfg[SWIFT], dev_batches, SWIFT),
         ),
     ]
+    # Each row's step is timed against Super in a group of rows compiled before it, and
+    # the group's programs released before more compile (`GroupedTiming`); the rows' steps
+    # do not all fit one process at once. The first cascade's step is kept for the peers.
+    timed = _timing_subset(dev_batches, config.timing_batches)
+    timer = GroupedTiming(
+        forwards[SUPER_ROW], timed, config.timing_rounds, max_share=config.timing_max_map_share
+    )
+    timer.add(SWIFT_ROW, forwards[SWIFT_ROW])
+    timer.make_room()
+    peer_reference: Callable[[Any], Any] | None = None
     for i, method in enumerate(config.methods):
-        forwards[method.name], row, predictions[method.name] = _cascade_row(
+        forward, row, predictions[method.name] = _cascade_row(
             config, method, models, logits, calib_enc, dev_batches, y_cal, super_flops
         )
         rows.append(row)
+        if peer_reference is None:
+            peer_reference = forward
+        timer.add(method.name, forward)
+        del forward
+        timer.make_room()
         log.info(
             "method %d/%d %s: threshold %.4f, %.1f%% sent to Super",
             i + 1,
@@ -239,8 +256,11 @@ def evaluate_pair(
             seed=config.seed,
         )
         for forward, row, pred in composed_rows:
-            forwards[row["method"]], predictions[row["method"]] = forward, pred
+            predictions[row["method"]] = pred
             rows.append(row)
+            timer.add(row["method"], forward)
+            del forward
+            timer.make_room()
             log.info(
                 "%s: thresholds %.4f / %.4f / %.4f, keep rate %.3f, %.1f%% sent to Super",
                 row["method"],
@@ -253,16 +273,9 @@ def evaluate_pair(
     for r in rows:
         r["accuracy"] = _accuracy(predictions[r["method"]], y_dev)
 
-    timed = _timing_subset(dev_batches, config.timing_batches)
-    maps = check_memory_maps(f"{len(forwards)} rows compiled")
-    log.info("timing %d rows against Super, %d rounds", len(forwards) - 1, config.timing_rounds)
-    timings = time_against_reference(
-        forwards[SUPER_ROW],
-        {k: f for k, f in forwards.items() if k != SUPER_ROW},
-        timed,
-        config.timing_rounds,
-        compiled=True,  # every function has run on every batch shape above
-    )
+    timings = timer.results()
+    maps = timer.peak_maps
+    check_memory_maps(f"{len(rows)} rows timed in {len(timer.groups)} groups")
     for r in rows:
         t = timings.get(r["method"])
         if t is None:  # Super alone: the reference
@@ -274,7 +287,7 @@ def evaluate_pair(
             r["speedup_rounds"] = list(t.rounds)
         if "threshold" in r:
             r["measured_over_flop"] = r["measured_speedup"] / r["flop_speedup"]
-    peers = _time_peers(config, models, rows, forwards, predictions, dev_batches, timed)
+    peers = _time_peers(config, models, rows, peer_reference, predictions, dev_batches, timed)
     return dict(
         args=config,
         task=config.task,
@@ -283,8 +296,9 @@ def evaluate_pair(
         calib_examples=len(y_cal),
         timing_batches=len(timed),
         device=str(jax.devices()[0]),
-        # [held, limit] when timing began (None off Linux): see `engine.check_memory_maps`.
+        # [most held, limit] while the rows compiled (None off Linux): `GroupedTiming`.
         memory_maps=None if maps is None else list(maps),
+        timing_groups=[list(g) for g in timer.groups],
         rows=rows,
         predictions=predictions,
         dev_labels=y_dev,
@@ -393,14 +407,14 @@ def _time_peers(
     config: PairEvalConfig,
     models: Mapping[str, Finetuned],
     rows: Sequence[Mapping[str, Any]],
-    forwards: Mapping[str, Callable[[Any], Any]],
+    ours_forward: Callable[[Any], Any] | None,
     predictions: Mapping[str, np.ndarray],
     dev_batches: list[dict[str, D.Batch]],
     timed: list[Any],
 ) -> dict[str, dict[str, Any]]:
     """The PyTorch peers (`_pair_peers`) at the first method's routing, timed against its
-    compiled step on the same batches; {} when `config.peers` is off."""
-    if not config.peers:
+    compiled step (`ours_forward`) on the same batches; {} when `config.peers` is off."""
+    if not config.peers or ours_forward is None:
         return {}
     ours = next(r for r in rows if "threshold" in r)
     role = ours["swift"]
@@ -414,7 +428,7 @@ def _time_peers(
     reference = predictions[ours["method"]]
     agreement = {k: prediction_agreement(f, dev_batches, reference) for k, f in peers.items()}
     timings = time_against_reference(
-        forwards[ours["method"]], peers, timed, config.timing_rounds, compiled=True
+        ours_forward, peers, timed, config.timing_rounds, compiled=True
     )
     return {
         name: dict(

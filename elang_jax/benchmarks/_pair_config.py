@@ -54,11 +54,11 @@ class PairEvalConfig:
         `CalibrationSection`: 1,500 whole sentences, epsilon 0.005).
       batch_size: rows of every evaluation and timing batch (the compiled step's size).
       eval_buckets: padded lengths of evaluation batches (per tier). On SST-2 dev
-        (length-sorted batches of 64) these pad 1.42x the tokens of trimming each batch to
-        its longest row, as eager PyTorch does; every 8 tokens would pad 1.14x, but twice the
-        compiled programs do not fit one process: every row's steps are loaded at once for
-        interleaved timing, XLA:CPU maps each kernel into memory on its own, and with six
-        lengths the run passed 44,000 of Linux's 65,530 maps before the composed steps.
+        (length-sorted batches of 64) buckets every 8 tokens hold 1.14x the tokens of
+        trimming each batch to its longest row, as eager PyTorch does; (16, 32, 64) held
+        1.42x. Each length is a compiled program of every row's step; the rows are timed
+        in groups that release their programs (`timing_max_map_share`), since XLA:CPU maps
+        each kernel into memory on its own and all of them at once pass Linux's cap.
       eval_limit: evaluate on the first this many dev examples; None: all.
       cascade_buckets: escalated rows are packed into buckets of b/n, 2b/n, ..., b rows
         (plus the empty bucket) for n = this (the demo has 4; on this pair 8 brings the
@@ -66,6 +66,9 @@ class PairEvalConfig:
       timing_rounds: interleaved timing rounds (the median ratio is reported).
       timing_batches: time on this many dev batches evenly spread over the length-sorted
         batches; None: all of them. Accuracy and FLOPs always cover the whole split.
+      timing_max_map_share: rows are timed against Super in groups, each group's programs
+        released before the next compiles, a group filling at most this share of the
+        process's memory-map cap (`elang_jax.timing.GroupedTiming`).
       cache_dir: where the fine-tuned models live; None: `<elang_jax cache>/pair/<task>`.
       swift_from: a finished fine-tuning run directory (the demo's `<cache>/super`) to adopt
         as the Swift when it ran exactly the Swift recipe; None: `<elang_jax
@@ -98,11 +101,12 @@ class PairEvalConfig:
     seed: int = 0
     calibration: CalibrationSection = dataclasses.field(default_factory=CalibrationSection)
     batch_size: int = 64
-    eval_buckets: tuple[int, ...] = (16, 32, 64)
+    eval_buckets: tuple[int, ...] = (16, 24, 32, 40, 48, 56, 64)
     eval_limit: int | None = None
     cascade_buckets: int = 8
     timing_rounds: int = 3
     timing_batches: int | None = None
+    timing_max_map_share: float = 0.75
     cache_dir: str | None = None
     swift_from: str | None = None
     cascadebert: bool = True
@@ -144,6 +148,10 @@ class PairEvalConfig:
             )
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed=}")
+        if not 0.0 < self.timing_max_map_share <= 1.0:
+            raise ValueError(
+                f"timing_max_map_share must lie in (0, 1], got {self.timing_max_map_share=}"
+            )
         if self.guarantee_delta is not None and not 0.0 < self.guarantee_delta < 1.0:
             raise ValueError(
                 f"guarantee_delta must lie in (0, 1) or be None, got {self.guarantee_delta=}"
@@ -219,7 +227,9 @@ class PairEvalConfig:
         """
         if D.get_glue_task(task).is_pair:
             base: dict[str, Any] = dict(
-                max_length=128, eval_buckets=(32, 64, 96, 128), calibration=PAIR_TASK_CALIBRATION
+                max_length=128,
+                eval_buckets=tuple(range(16, 129, 16)),
+                calibration=PAIR_TASK_CALIBRATION,
             )
             super_ft, swift_ft = PAIR_TASK_SUPER_FINETUNE, PAIR_TASK_SWIFT_FINETUNE
         else:

@@ -25,7 +25,7 @@ from elang_jax.compose._calibrate import (
     pareto_front,
     tier_outcomes,
 )
-from elang_jax.compose._config import ComposedConfig, ComposedTierConfig
+from elang_jax.compose._config import ComposedConfig, ComposedTierConfig, Packing
 from elang_jax.compose._executed import ExecutedCost
 from elang_jax.compose._system import ComposedClassifier, ComposedOutput
 
@@ -40,6 +40,7 @@ __all__ = [
     "ComposedPoint",
     "ComposedTierConfig",
     "ExecutedCost",
+    "Packing",
     "calibrate_composed",
     "tier_outcomes",
 ]

@@ -221,7 +221,7 @@ def candidate_grid(
                 pred[take] = chosen[k].predictions[take]
                 pending &= ~take
                 flops = flops + pending * chosen[k + 1].flops
-                rows = replay.cascade_rows(pending)
+                rows = replay.tier_rows(k + 1, pending)
                 done += replay.tier(k + 1, pending, chosen[k + 1].exit_index, rows).sum()
             preds.append(pred)
             costs.append(float(flops.sum()))

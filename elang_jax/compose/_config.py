@@ -8,6 +8,7 @@ the experts): a method's settings are declared once, in its own package.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 
 from elang_jax.cascade import TierConfig
@@ -29,6 +30,26 @@ def _fractions(name: str, fractions: tuple[float, ...]) -> tuple[float, ...]:
 # each exit: coarser than `MultiExitConfig`'s default, because a composed tier also packs
 # the escalated rows, and every bucket is one more branch to compile.
 COMPOSED_EXIT_BUCKETS = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
+
+
+class Packing(enum.StrEnum):
+    """How a composed step packs the rows a later tier runs on.
+
+    NESTED: the escalated rows are packed into a cascade bucket
+      (`ComposedConfig.cascade_bucket_fractions`), and inside a tier that exits early the
+      rows still running after each exit into its exit buckets, fractions of that bucket.
+      The compactions multiply: the tier's every segment is compiled once per cascade
+      bucket, so both sets of buckets must stay coarse, and rows are rounded up twice.
+    PER_SEGMENT: a later tier that exits early gets the whole batch with its escalated
+      rows marked, and packs every segment between exits (the first one included) into
+      its exit buckets, fractions of the batch: one compaction per segment, branches that
+      add up instead of multiplying, so the exit buckets can be fine. Tiers without exits
+      are packed into a cascade bucket as under NESTED. Escalated rows are not rebalanced
+      over data shards for such tiers (`serving_step(rebalance=True)` refuses).
+    """
+
+    NESTED = "nested"
+    PER_SEGMENT = "per_segment"
 
 
 def _typed(tier: str, name: str, value, kind: type) -> None:
@@ -186,10 +207,12 @@ class ComposedConfig:
       tiers: one `ComposedTierConfig` per tier.
       cascade_bucket_fractions: static buckets (fractions of the batch) that the examples
         escalated to each later tier are packed into.
+      packing: how later tiers that exit early are packed (`Packing`).
     """
 
     tiers: tuple[ComposedTierConfig, ...]
     cascade_bucket_fractions: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0)
+    packing: Packing | str = Packing.NESTED
 
     def __post_init__(self):
         tiers = tuple(self.tiers)
@@ -202,6 +225,11 @@ class ComposedConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"tier names must be distinct, got {names}")
         object.__setattr__(self, "tiers", tiers)
+        if self.packing not in set(Packing):
+            raise ValueError(
+                f"unknown packing {self.packing!r}; valid: {[p.value for p in Packing]}"
+            )
+        object.__setattr__(self, "packing", Packing(self.packing))
         object.__setattr__(
             self,
             "cascade_bucket_fractions",
@@ -210,6 +238,10 @@ class ComposedConfig:
 
     def replace(self, **kw) -> ComposedConfig:
         return dataclasses.replace(self, **kw)
+
+    def packs_own(self, k: int) -> bool:
+        """Whether tier k packs its own rows, segment by segment (`Packing.PER_SEGMENT`)."""
+        return k > 0 and self.packing is Packing.PER_SEGMENT and self.tiers[k].exits is not None
 
     def with_tier(self, index: int, **kw) -> ComposedConfig:
         """The same system with tier `index`'s config updated by `kw`."""

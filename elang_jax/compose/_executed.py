@@ -3,11 +3,13 @@
 The analytic cost (`ComposedClassifier.example_flops`) counts each example's own layers. The
 compiled step runs the escalated rows of a batch on the smallest cascade bucket that holds
 them, and inside a tier that exits early, each segment between exits on the smallest exit
-bucket (of the tier's rows) that holds the rows still running: padding rows in a bucket cost
-as much as real ones. Replaying those bucket choices batch by batch gives the work the step
-really does, which is what its wall-clock time follows; calibration can minimise it instead
-of the analytic cost (`calibrate_composed`), so that a candidate whose savings its buckets
-would round away is not preferred for them.
+bucket (of the tier's rows) that holds the rows still running; a tier that packs its own
+rows (`Packing.PER_SEGMENT`) gets the whole batch and packs every segment, its first
+included, into its exit buckets. Padding rows in a bucket cost as much as real ones.
+Replaying those bucket choices batch by batch gives the work the step really does, which is
+what its wall-clock time follows; calibration can minimise it instead of the analytic cost
+(`calibrate_composed`), so that a candidate whose savings its buckets would round away is
+not preferred for them.
 
 Single device: a data-parallel step packs each shard's rows separately.
 
@@ -93,6 +95,13 @@ class ExecutedCost:
         rows = np.full(self.num_batches, self.rows)
         return _bucket_of(self._count(escalated), rows, fractions)
 
+    def tier_rows(self, k: int, escalated: Bool[np.ndarray, " n"]) -> Int[np.ndarray, " nb"]:
+        """[nb] the rows tier k >= 1 gets per batch: the cascade bucket of its `escalated`
+        examples, or the whole batch when it packs its own rows segment by segment."""
+        if self.system.config.packs_own(k):
+            return np.full(self.num_batches, self.rows)
+        return self.cascade_rows(escalated)
+
     def tier(
         self,
         k: int,
@@ -101,8 +110,8 @@ class ExecutedCost:
         rows: Int[np.ndarray, " nb"],
     ) -> Float[np.ndarray, " nb"]:
         """[nb] tier k's executed FLOPs per batch: it gets `rows` rows per batch (tier 0: the
-        batch size; later tiers: their cascade bucket) holding the `running` examples, each
-        of which leaves at `exit_index`."""
+        batch size; later tiers: `tier_rows`) holding the `running` examples, each of which
+        leaves at `exit_index`."""
         rows = np.asarray(rows, np.int64)
         tier = self.system.config.tiers[k]
         segment = self._segment[k]
@@ -123,6 +132,6 @@ class ExecutedCost:
         total = np.zeros(self.num_batches)
         for k in range(self.system.num_tiers):
             if k > 0:
-                rows = self.cascade_rows(ran[:, k])
+                rows = self.tier_rows(k, ran[:, k])
             total += self.tier(k, ran[:, k], np.asarray(exit_index)[:, k], rows)
         return total

@@ -161,8 +161,16 @@ class ComposedClassifier:
         `ComposedOutput`. Steps are cached per batch size and read the modules as they are
         at every call. With a `mesh`, the rows are split over its "data" (and "expert")
         axes and each shard routes its own; `rebalance` deals escalated rows out evenly
-        over the shards before each later tier (`elang_jax.engine.DataParallel`).
+        over the shards before each later tier (`elang_jax.engine.DataParallel`; not with
+        tiers that pack their own rows, `Packing.PER_SEGMENT`).
         """
+        own = [t.name for k, t in enumerate(self.config.tiers) if self.config.packs_own(k)]
+        if rebalance and own:
+            raise ValueError(
+                f"rebalance deals escalated rows out before a tier is packed, but tiers {own} "
+                "pack their own rows segment by segment (packing='per_segment'): use "
+                "packing='nested' to rebalance"
+            )
         return self._engine.step(batch_size, mesh, rebalance)
 
     # ------------------------------------------------------------------ offline path
@@ -237,7 +245,8 @@ class _ComposedProgram:
         # Thresholds are traced arguments: the static description leaves them out, so that
         # a config with new thresholds reuses the compiled program.
         tiers = tuple(t.with_thresholds(0.0, 0.0) for t in cfg.tiers)
-        return self.system.modules, tiers
+        own = tuple(cfg.packs_own(k) for k in range(len(tiers)))
+        return self.system.modules, (tiers, own)
 
     def prepare(self, batch_size, inputs, valid=None, thresholds=None, exit_thresholds=None):
         system = self.system
@@ -262,7 +271,7 @@ class _ComposedProgram:
         return full, step_valid(valid, batch_size), params
 
     def run(self, static, modules, inputs, valid, params, buckets):
-        tiers = static
+        tiers, own = static
         for module, tier in zip(modules, tiers, strict=True):
             set_active_experts(module, tier)
 
@@ -278,7 +287,7 @@ class _ComposedProgram:
                 route = tiers[k].route
                 s = score(route.score, out["logits"], route.temperature)
                 extra = dict(exit_index=out["exit_index"], layers=out["layers"])
-                return TierResult(logits=out["logits"], score=s, extra=extra)
+                return TierResult(logits=out["logits"], score=s, extra=extra, rows=out["rows"])
 
             return run_tier
 
@@ -289,6 +298,7 @@ class _ComposedProgram:
             params["thresholds"],
             buckets,
             fills=dict(exit_index=-1, layers=0),
+            packs_own=own,
         )
         return ComposedOutput(**out)
 

@@ -61,8 +61,9 @@ def tier_forward(
     valid: Bool[Array, " b"],
     exit_threshold: Float[Array, ""],
 ) -> dict[str, Array]:
-    """One tier on a batch (traced). Returns logits [b c] float32, exit_index [b] int32 and
-    layers [b] int32 (layers run; 0 for rows that are not valid)."""
+    """One tier on a batch (traced). Returns logits [b c] float32, exit_index [b] int32,
+    layers [b] int32 (layers run; 0 for rows that are not valid) and rows (int32 []: the
+    rows its first segment ran on; b for a tier without exits, which packs nothing)."""
     model = classifier_of(module)
     num_layers = len(model.encoder.layers)
     schedule = schedule_of(tier, num_layers)
@@ -78,6 +79,7 @@ def tier_forward(
             logits=logits.astype(jnp.float32),
             exit_index=jnp.zeros((b,), jnp.int32),
             layers=jnp.where(valid, num_layers, 0).astype(jnp.int32),
+            rows=jnp.int32(b),
         )
     assert isinstance(module, MultiExit)
     out = exit_loop(
@@ -90,7 +92,12 @@ def tier_forward(
         bucket_sizes(b, tier.exits.bucket_fractions),
         None if schedule is None else AccSelector(schedule),
     )
-    return dict(logits=out["logits"], exit_index=out["exit_index"], layers=out["layers"])
+    return dict(
+        logits=out["logits"],
+        exit_index=out["exit_index"],
+        layers=out["layers"],
+        rows=out["buckets_used"][0, 0],
+    )
 
 
 def tier_exit_logits(
