@@ -137,6 +137,9 @@ def _demo(args: argparse.Namespace) -> int:
     )
     logging.getLogger("elang_jax.training").setLevel(logging.INFO)
     logging.getLogger("elang_jax.benchmarks").setLevel(logging.INFO)  # demo --pair's stages
+    # demo --pair's timing groups and the memory maps they free.
+    logging.getLogger("elang_jax.timing").setLevel(logging.INFO)
+    logging.getLogger("elang_jax.engine").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         if args.pair:

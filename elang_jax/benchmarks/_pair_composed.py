@@ -16,6 +16,7 @@ Shape vocabulary: n examples, v valid rows of a batch.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -230,6 +231,10 @@ def composed_pair_rows(
         log.info("composed: Super's every exit at keep rate %.3f on the calibration split", s.rate)
         super_out = compose.tier_outcomes(system, 1, per_tier[1], n_cal)
         grids.append(compose.candidate_grid(system, [swift_out, super_out], num=composed.grid))
+        # Its offline programs go now, not after the steps compile: XLA:CPU maps every
+        # kernel on its own, and the process's maps are capped (`engine.memory_maps`).
+        del system
+        gc.collect()
     assert swift_out is not None and super_out is not None  # at least the unpruned schedule
     reference_flops = float(
         sum(flops.classifier_flops(super_cfg, int(t)) for t in super_out.lengths)

@@ -11,7 +11,6 @@ move them without recompiling.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -135,6 +134,14 @@ class ComposedClassifier:
             _ComposedProgram(self), config.cascade_bucket_fractions, self.example_flops
         )
 
+        # Jitted per system, so that its offline programs (a calibration pass compiles one
+        # per tier and length) are freed with it; one module-level jit would keep every
+        # system's for the life of the process.
+        def offline(graphdef, tier, state, inputs):
+            return _offline_logits(graphdef, tier, state, inputs)
+
+        self._offline = jax.jit(offline, static_argnums=(0, 1))
+
     @property
     def num_tiers(self) -> int:
         return len(self.modules)
@@ -182,7 +189,7 @@ class ComposedClassifier:
         graphdef, state = nnx.split(self.modules[k])
         # The static tier leaves the thresholds out, as the serving step's does.
         tier = self.config.tiers[k].with_thresholds(0.0, 0.0)
-        return _offline_logits(graphdef, tier, state, full)
+        return self._offline(graphdef, tier, state, full)
 
     # ------------------------------------------------------------------ cost
     def tier_flops(self, k: int, length: int, layers: int, exit_index: int) -> int:
@@ -303,7 +310,6 @@ class _ComposedProgram:
         return ComposedOutput(**out)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
 def _offline_logits(graphdef, tier: ComposedTierConfig, state, inputs) -> Float[Array, "x b c"]:
     module = nnx.merge(graphdef, state)
     set_active_experts(module, tier)
