@@ -342,7 +342,7 @@ class GroupedTiming:
         if not self._pending:
             return
         names = tuple(self._pending)
-        log.info("timing %d candidates against the reference: %s", len(names), ", ".join(names))
+        log.info("timing a group of %d against the reference: %s", len(names), ", ".join(names))
         self._results |= time_against_reference(
             self._reference, self._pending, self._batches, self._rounds, compiled=True
         )
