@@ -236,6 +236,9 @@ def evaluate_pair(
             100 * row["to_super"],
         )
     if config.composed is not None:
+        # A composed step is several times a cascade step's size (its calibration passes
+        # too): time and free the cascade rows first, whatever room they seem to leave.
+        timer.flush()
         # The exit heads learn from training examples, never calibration ones.
         rng = np.random.default_rng(config.seed)
         take = min(config.composed.exit_train_examples, len(trainable))
