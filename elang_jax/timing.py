@@ -271,7 +271,8 @@ class GroupedTiming:
     reference and drops it, which frees its programs. Every group times the reference
     anew and each candidate's speed-up is over the reference of its own rounds, so groups
     timed minutes apart still compare. Without a cap to read (off Linux) everything is
-    one group.
+    one group. The rule knows only the candidates seen so far: before compiling one much
+    larger (the pair's composed steps after its cascade steps), call `flush` yourself.
 
     Args:
       reference: the baseline `fn(batch)`, compiled for every batch shape; kept throughout.
