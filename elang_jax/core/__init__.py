@@ -1,5 +1,11 @@
 """The compaction core: run costly work only on a data-dependent subset, with static shapes."""
 
+from elang_jax.core._bucket_fit import (
+    count_distribution,
+    expected_rows,
+    fit_buckets,
+    fitted_fractions,
+)
 from elang_jax.core._compaction import (
     Packing,
     bucket_sizes,
@@ -19,6 +25,10 @@ __all__ = [
     "full_counts",
     "run_stack",
     "bucket_sizes",
+    "count_distribution",
+    "expected_rows",
+    "fit_buckets",
+    "fitted_fractions",
     "compact_apply",
     "gather_rows",
     "plan",

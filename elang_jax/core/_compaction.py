@@ -46,7 +46,9 @@ def bucket_sizes(batch: int, fractions: Sequence[float] = (0.0, 0.125, 0.25, 0.5
     for f in fractions:
         if not 0.0 <= f <= 1.0 or f != f:
             raise ValueError(f"bucket fractions must lie in [0, 1], got {f}")
-    sizes = {0, batch, *(int(np.ceil(f * batch)) for f in fractions)}
+    # Less a hair so that a fraction made from a size (7 / 25) gives that size back, not
+    # one more: 7 / 25 * 25 is 7.000000000000001 in floating point.
+    sizes = {0, batch, *(int(np.ceil(f * batch - 1e-9)) for f in fractions)}
     return tuple(sorted(sizes))
 
 
