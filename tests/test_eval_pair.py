@@ -4,6 +4,7 @@ tier with its own real tokenizer (MPNet's for Super, MiniLM's for Swift)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -13,9 +14,10 @@ import pytest
 from elang_jax import benchmarks as B
 from elang_jax import data as D
 from elang_jax import engine, jsonio
-from elang_jax.benchmarks._eval_pair import SUPER_ROW, SWIFT_ROW, goals
+from elang_jax.benchmarks._eval_pair import SUPER_ROW, SWIFT_ROW, _cascade_fractions, goals
 from elang_jax.benchmarks._pair_finetune import finetune_configs
 from elang_jax.benchmarks._pair_models import PairModel, adopt_finished
+from elang_jax.core import bucket_sizes, fitted_fractions
 from elang_jax.demo._pair import run_pair_demo
 from elang_jax.models import BertConfig
 
@@ -104,6 +106,27 @@ def test_paired_batches_hold_the_same_rows(minilm_dir, mpnet_dir):
     assert sorted(seen) == list(range(37))
 
 
+def test_cascade_buckets_fit_the_calibration_counts(minilm_dir, mpnet_dir):
+    examples = D.select_examples(D.read_glue("sst2", "dev"), np.arange(37))
+    enc = {
+        "super": D.encode_glue(D.load_tokenizer(mpnet_dir), examples, 64, truncate=True),
+        "swift": D.encode_glue(D.load_tokenizer(minilm_dir), examples, 64, truncate=True),
+    }
+    batches = B.paired_batches(enc, "super", 16, D.LengthBuckets((16, 32, 64)))
+    config = B.PairEvalConfig.tiny(mpnet_dir, minilm_dir, batch_size=16, cascade_buckets=3)
+    # The longest examples escalate: the short batch routes none, the long ones most.
+    escalated = enc["super"].lengths > np.quantile(enc["super"].lengths, 0.6)
+    counts = [int(escalated[b["super"].index[b["super"].valid]].sum()) for b in batches]
+    assert len(set(counts)) > 1
+    rows = [b["super"].num_valid for b in batches]
+    weights = [r * b["super"].input_ids.shape[1] for r, b in zip(rows, batches, strict=True)]
+    fractions = _cascade_fractions(config, escalated, batches)
+    assert fractions == fitted_fractions(counts, rows, 16, 3, weights)
+    assert len(bucket_sizes(16, fractions)) <= 4
+    even = dataclasses.replace(config, fit_cascade_buckets=False)
+    assert _cascade_fractions(even, escalated, batches) == (0.0, 1 / 3, 2 / 3, 1.0)
+
+
 def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     # With the guarantee rows: the composed pair is calibrated for both targets at once.
     # Every row timed in a group of its own, released before the next compiles (on Linux).
@@ -155,6 +178,11 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
         if r["to_super"] < 1.0:
             assert r["flop_speedup"] > 1.0
         assert r["offline_agreement"] == 1.0
+        # Fitted buckets: at most `cascade_buckets` sizes besides the empty one, and the
+        # rows they pad only add FLOPs.
+        assert r["buckets"][0] == 0 and r["buckets"][-1] == config.batch_size
+        assert len(r["buckets"]) <= config.cascade_buckets + 1
+        assert 0 < r["executed_flop_speedup"] <= r["flop_speedup"] * (1 + 1e-9)
         assert r["measured_over_flop"] == pytest.approx(r["measured_speedup"] / r["flop_speedup"])
         assert 0.0 <= r["calib_accuracy"] <= 1.0 and isinstance(r["target_met"], bool)
     assert list(result["finetune"]) == ["super", "swift", "swift_ce", "swift_dar"]
@@ -194,6 +222,7 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     table = B.format_pair(result)
     assert "E-LANG energy" in table and "goals" in table and "fine-tuned now" in table
     assert "FLOPs executed, padding rows of its buckets included" in table
+    assert "Super rows run per batch of 16 (buckets fitted" in table
 
     path = tmp_path / "pair.json"
     jsonio.write_json(result, path)

@@ -36,7 +36,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 
 from elang_jax import data as D
 from elang_jax.benchmarks._pair_composed import COMPOSED_ROW, composed_pair_rows
@@ -51,6 +51,7 @@ from elang_jax.cascade import (
     TierConfig,
     calibrate_two_tier,
 )
+from elang_jax.core import bucket_sizes, fitted_fractions
 from elang_jax.engine import check_memory_maps
 from elang_jax.flops import classifier_flops
 from elang_jax.models import BertConfig
@@ -219,7 +220,15 @@ def evaluate_pair(
     peer_reference: Callable[[Any], Any] | None = None
     for i, method in enumerate(config.methods):
         forward, row, predictions[method.name] = _cascade_row(
-            config, method, models, logits, calib_enc, dev_batches, y_cal, super_flops
+            config,
+            method,
+            models,
+            logits,
+            calib_enc,
+            calib_batches,
+            dev_batches,
+            y_cal,
+            super_flops,
         )
         rows.append(row)
         if peer_reference is None:
@@ -316,6 +325,7 @@ def _cascade_row(
     models: Mapping[str, Finetuned],
     logits: Mapping[str, Mapping[str, np.ndarray]],
     calib_enc: Mapping[str, D.Encoded],
+    calib_batches: Sequence[dict[str, D.Batch]],
     dev_batches: Sequence[dict[str, D.Batch]],
     y_cal: Int[np.ndarray, " n"],
     super_flops: float,
@@ -340,7 +350,9 @@ def _cascade_row(
         swift_cost=ratio,
     )
     threshold = float(op.setting[0])
-    n = config.cascade_buckets
+    fractions = _cascade_fractions(
+        config, np.asarray(score(method.score, logits[role]["calib"])) < threshold, calib_batches
+    )
     cascade = Cascade(
         [
             Tier(
@@ -349,7 +361,7 @@ def _cascade_row(
             ),
             Tier(models["super"].model, TierConfig(name="super")),
         ],
-        bucket_fractions=tuple(i / n for i in range(n + 1)),
+        bucket_fractions=fractions,
     )
     step = cascade.serving_step(config.batch_size)
 
@@ -358,14 +370,18 @@ def _cascade_row(
         return step([batch_inputs(b[role]), batch_inputs(b["super"])], valid=b["super"].valid)
 
     idx, preds, tiers = [], [], []
-    flops = _flops(cfg[role], dev_batches, role)
+    flops = executed = _flops(cfg[role], dev_batches, role)
+    sizes = bucket_sizes(config.batch_size, fractions)
     for b in dev_batches:  # compiles every batch shape once, before the timing
         out, v = forward(b), b["super"].valid
         idx.append(b["super"].index[v])
         preds.append(np.asarray(out.predictions)[v])
         tiers.append(np.asarray(out.tier)[v])
-        t = b["super"].input_ids.shape[1]
-        flops += float((tiers[-1] == 1).sum()) * classifier_flops(cfg["super"], t)
+        per_row = _flops_at(cfg["super"], b["super"].input_ids.shape[1])
+        escalated = int((tiers[-1] == 1).sum())
+        flops += escalated * per_row
+        # Super runs on the smallest bucket that holds the escalated rows.
+        executed += sizes[int(np.searchsorted(sizes, escalated))] * per_row
     n_dev = len(logits["super"]["dev"])
     pred = D.restore_order(idx, preds, n_dev)
     tier = D.restore_order(idx, tiers, n_dev)
@@ -385,8 +401,30 @@ def _cascade_row(
         target_met=bool(op.accuracy >= op.reference_accuracy - eps - 1e-12),
         upper_bound_drop=op.upper_bound_drop,
         offline_agreement=_accuracy(offline, tier),
+        buckets=list(sizes),
+        executed_flop_speedup=super_flops / executed,
     )
     return forward, row, pred
+
+
+def _cascade_fractions(
+    config: PairEvalConfig,
+    escalated: Bool[np.ndarray, " n"],
+    calib_batches: Sequence[dict[str, D.Batch]],
+) -> tuple[float, ...]:
+    """Bucket fractions of the escalated rows: fitted to where the calibration batches'
+    counts fall, or even (`PairEvalConfig.fit_cascade_buckets`)."""
+    n = config.cascade_buckets
+    if not config.fit_cascade_buckets:
+        return tuple(i / n for i in range(n + 1))
+    counts, rows, weights = [], [], []
+    for b in calib_batches:
+        idx = b["super"].index[b["super"].valid]
+        counts.append(int(escalated[idx].sum()))
+        rows.append(len(idx))
+        # A long batch's padding rows cost more Super FLOPs than a short one's.
+        weights.append(len(idx) * b["super"].input_ids.shape[1])
+    return fitted_fractions(counts, rows, config.batch_size, n, weights)
 
 
 @functools.cache
@@ -532,6 +570,15 @@ def format_pair(result: Mapping[str, Any]) -> str:
             f"{p['ours_pass_ms'] / 1e3:.2f} s: ours {p['ours_speedup']:.2f}x faster "
             f"(predictions agree on {100 * p['prediction_agreement']:.1f}%)"
         )
+    cascades = [r for r in result["rows"] if "buckets" in r]
+    if cascades:
+        how = "fitted to the calibration split's counts" if c.fit_cascade_buckets else "even"
+        lines.append(f"Super rows run per batch of {c.batch_size} (buckets {how}):")
+        lines += [
+            f"  {r['method']}: {tuple(r['buckets'])}; FLOPs executed, padding rows of its "
+            f"buckets included, {r['executed_flop_speedup']:.2f}x fewer than Super's"
+            for r in cascades
+        ]
     for c_ in (r for r in result["rows"] if r.get("kind") == "composed"):
         lines.append(
             f"{c_['method']}: Swift exits after layers {c_['swift_exits']} (mean "
