@@ -83,13 +83,18 @@ def test_methods_and_targets(minilm_dir, mpnet_dir):
         B.Distill(alpha=2.0)
 
 
-def test_paired_batches_hold_the_same_rows(minilm_dir, mpnet_dir):
+def _paired_dev(minilm_dir, mpnet_dir):
+    # 37 SST-2 dev sentences, each tier's own tokenization, in paired batches of 16.
     examples = D.select_examples(D.read_glue("sst2", "dev"), np.arange(37))
     enc = {
         "super": D.encode_glue(D.load_tokenizer(mpnet_dir), examples, 64, truncate=True),
         "swift": D.encode_glue(D.load_tokenizer(minilm_dir), examples, 64, truncate=True),
     }
-    batches = B.paired_batches(enc, "super", 16, D.LengthBuckets((16, 32, 64)))
+    return enc, B.paired_batches(enc, "super", 16, D.LengthBuckets((16, 32, 64)))
+
+
+def test_paired_batches_hold_the_same_rows(minilm_dir, mpnet_dir):
+    enc, batches = _paired_dev(minilm_dir, mpnet_dir)
     assert len(batches) == 3
     seen = []
     for b in batches:
@@ -107,12 +112,7 @@ def test_paired_batches_hold_the_same_rows(minilm_dir, mpnet_dir):
 
 
 def test_cascade_buckets_fit_the_calibration_counts(minilm_dir, mpnet_dir):
-    examples = D.select_examples(D.read_glue("sst2", "dev"), np.arange(37))
-    enc = {
-        "super": D.encode_glue(D.load_tokenizer(mpnet_dir), examples, 64, truncate=True),
-        "swift": D.encode_glue(D.load_tokenizer(minilm_dir), examples, 64, truncate=True),
-    }
-    batches = B.paired_batches(enc, "super", 16, D.LengthBuckets((16, 32, 64)))
+    enc, batches = _paired_dev(minilm_dir, mpnet_dir)
     config = B.PairEvalConfig.tiny(mpnet_dir, minilm_dir, batch_size=16, cascade_buckets=3)
     # The longest examples escalate: the short batch routes none, the long ones most.
     escalated = enc["super"].lengths > np.quantile(enc["super"].lengths, 0.6)
