@@ -21,9 +21,13 @@ from elang_jax.compose import (
     ExecutedCost,
     calibrate_composed,
     candidate_grid,
+    executed_flops,
+    fit_composed_buckets,
     pareto_front,
+    replay_exit_index,
     tier_outcomes,
 )
+from elang_jax.core import bucket_sizes
 from elang_jax.exits import MultiExit, MultiExitConfig
 from elang_jax.models import BertConfig, BertForSequenceClassification
 from elang_jax.moe import MoEConfig, MoEFeedForward, MoEImpl, RouterKind, ffn_sites
@@ -289,6 +293,7 @@ def test_offline_replay_matches_the_step(full_system, pool):
         th = [t.threshold for t in config.tiers[:-1]]
         eth = [t.exit_threshold for t in config.tiers]
         preds, cost, executed = np.zeros(POOL, int), 0.0, 0.0
+        exits = np.zeros((POOL, 2), int)
         for b in batches:
             out = step(_inputs(b.input_ids, b.attention_mask), b.valid, th, eth)
             preds[b.index[b.valid]] = np.asarray(out.predictions)[b.valid]
@@ -298,15 +303,65 @@ def test_offline_replay_matches_the_step(full_system, pool):
             v = np.flatnonzero(b.valid)
             one = ExecutedCost(full_system, np.zeros(len(v), int), [np.array([T])] * 2, B)
             exit_index = np.asarray(out.exit_index)[v]
+            exits[b.index[v]] = exit_index
             ran_super = exit_index[:, 1] >= 0
             assert one.cascade_rows(ran_super)[0] == np.asarray(out.buckets_used)[0, 1]
             executed += one.total(exit_index).sum()
         np.testing.assert_array_equal(preds, grid.predictions[i])
+        np.testing.assert_array_equal(exits, replay_exit_index(full_system, outcomes, config))
         assert cost == pytest.approx(grid.flops[i])
         assert grid.executed is not None
         assert executed == pytest.approx(grid.executed[i])
     # Buckets round the rows up, never down.
     assert grid.executed is not None and np.all(grid.executed >= grid.flops * (1 - 1e-12))
+
+
+def test_fitted_buckets_change_only_the_rows(full_system, per_segment, pool):
+    """Buckets fitted to the calibration batches' counts: as many branches, the same answers
+    and exits, fewer rows executed on those batches. Nested in a cascade bucket, Super's
+    exit buckets (fractions of a bucket whose size varies) stay and the cascade's are fitted."""
+    batches = _batches(pool)
+    outcomes = [tier_outcomes(full_system, k, batches, POOL) for k in range(2)]
+    grid = candidate_grid(full_system, outcomes, num=4)
+    assert grid.executed is not None
+    # A candidate that escalates some rows and lets some exit (the grid's median cost).
+    nested = grid.configs[int(np.argsort(grid.executed)[len(grid.flops) // 2])]
+    flat = nested.replace(packing="per_segment")
+    config = fit_composed_buckets(per_segment, outcomes, flat)
+    for got, was in zip(config.tiers, flat.tiers, strict=True):
+        assert got.replace(exits=was.exits) == was  # nothing but the buckets changed
+        sizes = bucket_sizes(B, got.exit_buckets)
+        assert sizes[0] == 0 and sizes[-1] == B
+        assert len(set(sizes) - {0}) <= len(set(bucket_sizes(B, was.exit_buckets)) - {0})
+    assert config.tiers != flat.tiers
+    assert config.cascade_bucket_fractions == flat.cascade_bucket_fractions
+    fitted = ComposedClassifier(per_segment.modules, config)
+    modules = per_segment.modules
+    assert executed_flops(fitted, outcomes) < executed_flops(
+        ComposedClassifier(modules, flat), outcomes
+    )
+    want_step, got_step = per_segment.serving_step(B), fitted.serving_step(B)
+    th = [t.threshold for t in flat.tiers[:-1]]
+    eth = [t.exit_threshold for t in flat.tiers]
+    exits = np.zeros((POOL, 2), int)
+    for b in batches:
+        inputs = _inputs(b.input_ids, b.attention_mask)
+        want, got = want_step(inputs, b.valid, th, eth), got_step(inputs, b.valid)
+        for field in ("predictions", "tier", "exit_index"):
+            np.testing.assert_array_equal(
+                np.asarray(getattr(got, field)), np.asarray(getattr(want, field))
+            )
+        exits[b.index[b.valid]] = np.asarray(got.exit_index)[b.valid]
+    np.testing.assert_array_equal(exits, replay_exit_index(fitted, outcomes))
+    assert (exits[:, 1] >= 0).any() and (exits[:, 1] == -1).any()
+    refit = fit_composed_buckets(full_system, outcomes, nested)
+    assert refit.tiers[1] == nested.tiers[1]
+    assert refit.cascade_bucket_fractions != nested.cascade_bucket_fractions
+    assert executed_flops(ComposedClassifier(modules, refit), outcomes) < executed_flops(
+        ComposedClassifier(modules, nested), outcomes
+    )
+    with pytest.raises(ValueError, match="num_buckets must be >= 1"):
+        fit_composed_buckets(full_system, outcomes, num_buckets=0)
 
 
 def test_executed_cost_counts_bucket_rows(full_system):

@@ -212,6 +212,12 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
         assert c["flop_speedup"] > 0 and isinstance(c["target_met"], bool)
         # Buckets round rows up: the step executes at least the analytic FLOPs.
         assert 0 < c["executed_flop_speedup"] <= c["flop_speedup"] * (1 + 1e-9)
+        # Exit buckets refitted after calibration: never more rows on the calibration split.
+        assert c["buckets_fitted"] and set(c["exit_buckets"]) == {"swift", "super"}
+        for sizes in c["exit_buckets"].values():
+            assert sizes[0] == 0 and sizes[-1] == config.batch_size
+        even, fitted = c["calib_executed_flop_speedup_even"], c["calib_executed_flop_speedup"]
+        assert 0 < even <= fitted * (1 + 1e-12)
     # Only the guarantee's candidate carries a bound on the drop.
     assert rows[B.COMPOSED_ROW]["upper_bound_drop"] is None
     assert rows[composed_rows[1]]["upper_bound_drop"] is not None
@@ -223,6 +229,7 @@ def test_tiny_end_to_end(minilm_dir, mpnet_dir, tmp_path, fast_compile):
     assert "E-LANG energy" in table and "goals" in table and "fine-tuned now" in table
     assert "FLOPs executed, padding rows of its buckets included" in table
     assert "Super rows run per batch of 16 (buckets fitted" in table
+    assert "exit buckets of 16 rows (fitted to the calibration split): swift (0," in table
 
     path = tmp_path / "pair.json"
     jsonio.write_json(result, path)

@@ -588,6 +588,15 @@ def format_pair(result: Mapping[str, Any]) -> str:
             f"{c_['executed_flop_speedup']:.2f}x fewer than Super's; calibration-split "
             f"predictions equal the offline replay on {100 * c_['calib_replay_agreement']:.1f}%"
         )
+        if "exit_buckets" in c_:
+            how = "fitted to the calibration split" if c_["buckets_fitted"] else "as configured"
+            lines.append(
+                f"  exit buckets of {c.batch_size} rows ({how}): "
+                + ", ".join(f"{r} {tuple(s)}" for r, s in c_["exit_buckets"].items())
+                + f"; executed FLOP speed-up on the calibration split "
+                f"{c_['calib_executed_flop_speedup_even']:.2f}x with the buckets calibration "
+                f"chose with, {c_['calib_executed_flop_speedup']:.2f}x with these"
+            )
 
     def met(ok: bool) -> str:
         return "met" if ok else "NOT met"

@@ -8,7 +8,8 @@ cascade threshold, both exit thresholds and Super's keep schedule are calibrated
 the calibration split (`compose.candidate_grid` replays the step offline for every
 combination; one Super pass per keep schedule); the candidate meeting each target (accuracy,
 guarantee) that executes the fewest FLOPs on the calibration batches, padding rows of its
-compaction buckets included (`compose.ExecutedCost`), is compiled and run on dev.
+compaction buckets included (`compose.ExecutedCost`), gets exit buckets fitted to the rows
+it runs there (`compose.fit_composed_buckets`), and is compiled and run on dev.
 
 Shape vocabulary: n examples, v valid rows of a batch.
 """
@@ -32,6 +33,7 @@ from elang_jax.benchmarks._pair_methods import ACCURACY, SWIFT
 from elang_jax.benchmarks._pair_models import Finetuned
 from elang_jax.calibration import CalibrationTarget
 from elang_jax.checkpoints import sha256_of
+from elang_jax.core import bucket_sizes
 from elang_jax.demo._models import fingerprint, load_params, save_params
 from elang_jax.routing import Score
 from elang_jax.timing import batch_inputs
@@ -55,7 +57,11 @@ class PairComposed:
       super_exits: Super's likewise.
       exit_buckets: fractions of the batch the examples still running in a tier are
         packed into before each segment between exits (the Swift's first segment runs the
-        whole batch; the Super's packs the escalated rows).
+        whole batch; the Super's packs the escalated rows). With `fit_buckets`, the ones
+        calibration chooses with; the step compiles as many, fitted.
+      fit_buckets: once a target's thresholds are chosen, refit each tier's exit buckets
+        (as many nonzero sizes) to the rows its segments run on the calibration batches
+        (`compose.fit_composed_buckets`); the predictions do not change.
       packing: "per_segment": the Super packs each of its segments on its own, escalated
         rows included (`compose.Packing`), so the compactions add up: 6 exit buckets make
         72 MPNet layer copies. With 8 (every eighth of the batch) one SST-2 length's
@@ -83,6 +89,7 @@ class PairComposed:
     super_exits: tuple[int, ...] = (4, 8, 12)
     exit_buckets: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
     packing: str = "per_segment"
+    fit_buckets: bool = True
     cascade_buckets: int = 4
     acc_targets: tuple[float, ...] = (1.25, 1.5)
     grid: int = 12
@@ -225,7 +232,7 @@ def composed_pair_rows(
         fixed_flops=pruning.classifier_head_flops(super_cfg),
     )
     swift_out = None
-    grids = []
+    grids, calib_outcomes = [], []
     for s in schedules:
         system = _system(modules, s.rate, composed, fractions)
         if swift_out is None:  # the Swift tier does not depend on Super's schedule
@@ -233,6 +240,7 @@ def composed_pair_rows(
         log.info("composed: Super's every exit at keep rate %.3f on the calibration split", s.rate)
         super_out = compose.tier_outcomes(system, 1, per_tier[1], n_cal)
         grids.append(compose.candidate_grid(system, [swift_out, super_out], num=composed.grid))
+        calib_outcomes.append([swift_out, super_out])
         # Its offline programs go now, not after the steps compile: XLA:CPU maps every
         # kernel on its own, and the process's maps are capped (`engine.memory_maps`).
         del system
@@ -249,7 +257,31 @@ def composed_pair_rows(
         chosen = compose.calibrate_composed(
             grids, y_cal, super_correct, reference_flops, target, seed=seed
         )
-        built = compose.ComposedClassifier(modules, chosen.config)
+        outcomes = calib_outcomes[chosen.grid]
+        config = chosen.config
+        if composed.fit_buckets:
+            config = compose.fit_composed_buckets(
+                compose.ComposedClassifier(modules, config), outcomes
+            )
+        built = compose.ComposedClassifier(modules, config)
+        buckets = {
+            r: list(bucket_sizes(batch_size, t.exit_buckets))
+            for r, t in zip(roles, config.tiers, strict=True)
+        }
+        # On the calibration batches: the FLOPs executed with the buckets calibration chose
+        # with, and with the ones the step compiles.
+        calib_speedups = (
+            1.0 / chosen.point.cost,
+            reference_flops / compose.executed_flops(built, outcomes),
+        )
+        log.info(
+            "composed (%s): exit buckets of %d rows %s; executed FLOP speed-up on the "
+            "calibration split %.2f with the buckets it was chosen with, %.2f with these",
+            kind,
+            batch_size,
+            buckets,
+            *calib_speedups,
+        )
         step = built.serving_step(batch_size)
 
         def forward(b: dict[str, D.Batch]) -> Any:
@@ -280,7 +312,7 @@ def composed_pair_rows(
         on_calib = run(calib_batches, n_cal)
         dev = run(dev_batches, n_dev)
         escalated = dev["tier"] == 1
-        swift_tier, super_tier = chosen.config.tiers
+        swift_tier, super_tier = config.tiers
         op = chosen.point
         row = dict(
             method=composed_row_name(kind),
@@ -293,6 +325,10 @@ def composed_pair_rows(
             # Super's analytic FLOPs over the FLOPs the step executed (bucket rows included):
             # what the measured speed-up can reach.
             executed_flop_speedup=super_dev_flops / float(dev["executed"]),
+            exit_buckets=buckets,
+            buckets_fitted=composed.fit_buckets,
+            calib_executed_flop_speedup_even=calib_speedups[0],
+            calib_executed_flop_speedup=calib_speedups[1],
             threshold=float(swift_tier.threshold),
             swift_exit_threshold=float(swift_tier.exit_threshold),
             super_exit_threshold=float(super_tier.exit_threshold),

@@ -22,11 +22,14 @@ from elang_jax.compose._calibrate import (
     TierOutcomes,
     calibrate_composed,
     candidate_grid,
+    executed_flops,
     pareto_front,
+    replay_exit_index,
     tier_outcomes,
 )
 from elang_jax.compose._config import ComposedConfig, ComposedTierConfig, Packing
 from elang_jax.compose._executed import ExecutedCost
+from elang_jax.compose._fit_buckets import fit_composed_buckets
 from elang_jax.compose._system import ComposedClassifier, ComposedOutput
 
 __all__ = [
@@ -42,5 +45,8 @@ __all__ = [
     "ExecutedCost",
     "Packing",
     "calibrate_composed",
+    "executed_flops",
+    "fit_composed_buckets",
+    "replay_exit_index",
     "tier_outcomes",
 ]

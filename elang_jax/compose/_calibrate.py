@@ -167,6 +167,35 @@ def _tier_runs(
     return runs
 
 
+def replay_exit_index(
+    system: ComposedClassifier,
+    outcomes: Sequence[TierOutcomes],
+    config: ComposedConfig | None = None,
+) -> Int[np.ndarray, "n k"]:
+    """[n k] each example's exit index in every tier, -1 where the tier did not run (as
+    `ComposedOutput.exit_index`): the decisions `system`'s step takes at the thresholds of
+    `config` (default: its own), replayed from the tier outcomes as `candidate_grid` does."""
+    config = system.config if config is None else config
+    if len(outcomes) != system.num_tiers:
+        raise ValueError(f"{system.num_tiers} tiers but outcomes for {len(outcomes)}")
+    n = outcomes[0].logits.shape[1]
+    out = np.full((n, system.num_tiers), -1, np.int64)
+    pending = np.ones(n, bool)
+    for k, tier in enumerate(config.tiers):
+        run = _tier_runs(system, k, outcomes[k], [tier.exit_threshold])[0]
+        out[pending, k] = run.exit_index[pending]
+        if k + 1 < system.num_tiers:
+            pending &= ~(run.scores >= np.float32(tier.threshold))
+    return out
+
+
+def executed_flops(system: ComposedClassifier, outcomes: Sequence[TierOutcomes]) -> float:
+    """The FLOPs `system`'s step executes over the outcomes' batches at its own thresholds
+    and buckets, padding rows included (`ExecutedCost`)."""
+    replay = _executed_cost(system, outcomes)
+    return float(replay.total(replay_exit_index(system, outcomes)).sum())
+
+
 @dataclasses.dataclass(frozen=True)
 class CandidateGrid:
     """Every combination of candidate thresholds, replayed offline.

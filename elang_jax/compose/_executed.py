@@ -13,7 +13,7 @@ not preferred for them.
 
 Single device: a data-parallel step packs each shard's rows separately.
 
-Shape names: n examples, nb batches.
+Shape names: n examples, nb batches, e a tier's exits.
 """
 
 from __future__ import annotations
@@ -118,11 +118,29 @@ class ExecutedCost:
         if tier.exits is None:  # one pass over every row the tier got
             return rows * segment[0]
         total = np.zeros(self.num_batches)
-        exit_index = np.asarray(exit_index)
-        for e in range(len(segment)):
-            count = self._count(running & (exit_index >= e))
+        for e, count in enumerate(self.segment_counts(k, running, exit_index)):
             total += _bucket_of(count, rows, tier.exits.bucket_fractions) * segment[e]
         return total
+
+    def segment_counts(
+        self, k: int, running: Bool[np.ndarray, " n"], exit_index: Int[np.ndarray, " n"]
+    ) -> Int[np.ndarray, "e nb"]:
+        """[e nb] how many of the `running` examples of each batch run tier k's segment e
+        (those leaving at exit e or later)."""
+        exit_index = np.asarray(exit_index)
+        return np.stack(
+            [self._count(running & (exit_index >= e)) for e in range(len(self._segment[k]))]
+        )
+
+    def segment_flops(self, k: int) -> Float[np.ndarray, "e nb"]:
+        """[e nb] the FLOPs of one row through tier k's segment e in each batch (one
+        segment, the whole tier, for a tier without exits)."""
+        return np.stack(self._segment[k])
+
+    def per_batch(self, mask: Bool[np.ndarray, " n"] | None = None) -> Int[np.ndarray, " nb"]:
+        """[nb] how many of the examples `mask` selects (default: every one) sit in each
+        batch."""
+        return self._count(np.ones(self.batch.shape, bool) if mask is None else np.asarray(mask))
 
     def total(self, exit_index: Int[np.ndarray, "n k"]) -> Float[np.ndarray, " nb"]:
         """[nb] the step's executed FLOPs per batch, from each example's per-tier exit index
