@@ -57,7 +57,8 @@ def fit_composed_buckets(
 
     Returns:
       the same config with the fitted sets replaced (see the module docstring for which),
-      or `config` itself where that executes fewer FLOPs on the calibration batches.
+      or `config` unchanged when its own buckets execute fewer FLOPs on the calibration
+      batches.
     """
     config = given = system.config if config is None else config
     if num_buckets is not None and num_buckets < 1:
