@@ -14,9 +14,10 @@ import pytest
 from elang_jax import benchmarks as B
 from elang_jax import data as D
 from elang_jax import engine, jsonio
-from elang_jax.benchmarks._eval_pair import SUPER_ROW, SWIFT_ROW, _cascade_fractions, goals
+from elang_jax.benchmarks._eval_pair import _cascade_fractions
 from elang_jax.benchmarks._pair_finetune import finetune_configs
 from elang_jax.benchmarks._pair_models import PairModel, adopt_finished
+from elang_jax.benchmarks._pair_report import SUPER_ROW, SWIFT_ROW, goals
 from elang_jax.core import bucket_sizes, fitted_fractions
 from elang_jax.demo._pair import run_pair_demo
 from elang_jax.models import BertConfig

@@ -56,7 +56,7 @@ from elang_jax.benchmarks._eval_exits import (
     exit_curve,
     format_exits,
 )
-from elang_jax.benchmarks._eval_pair import evaluate_pair, format_pair, paired_batches
+from elang_jax.benchmarks._eval_pair import evaluate_pair, paired_batches
 from elang_jax.benchmarks._exits import bench_exits, threshold_for_depth
 from elang_jax.benchmarks._moe import bench_moe, random_ffn, random_tokens, real_ffn_inputs
 from elang_jax.benchmarks._pair_composed import COMPOSED_ROW, PairComposed
@@ -64,6 +64,7 @@ from elang_jax.benchmarks._pair_config import PairEvalConfig
 from elang_jax.benchmarks._pair_finetune import finetune_pair
 from elang_jax.benchmarks._pair_methods import BASE_METHODS, CASCADEBERT_METHODS, PairMethod
 from elang_jax.benchmarks._pair_models import Distill, PairModel
+from elang_jax.benchmarks._pair_report import format_pair
 from elang_jax.benchmarks._report import format_table, suite_dict, write_json
 from elang_jax.benchmarks._result import BenchResult, Candidate, environment
 from elang_jax.benchmarks._suite import BENCHMARKS, resolve_names, run_benchmarks
