@@ -17,6 +17,7 @@ import pytest
 
 from elang_jax import data
 from elang_jax.cli import DEMO_TASKS, build_parser, demo_config, main
+from elang_jax.core import bucket_sizes, fitted_fractions
 from elang_jax.demo import (
     TASKS,
     DemoConfig,
@@ -28,6 +29,7 @@ from elang_jax.demo import (
     run_demo,
     write_all,
 )
+from elang_jax.demo._method import fit_fractions
 from elang_jax.timing import reference_passes, time_against_reference
 
 
@@ -132,7 +134,7 @@ def test_sections_nest_merge_and_keep_the_flat_names_of_cache_keys():
         *("acc_variant", "acc_targets", "compose_acc_targets", "compose_grid"),
         *("moe_experts", "moe_active", "moe_train_examples", "moe_max_tokens"),
         *("moe_router_epochs", "moe_calibration_steps", "moe_calibration_lr", "moe_impl"),
-        *("seed", "progress"),
+        *("seed", "progress", "cascade_fit_buckets", "exits_fit_buckets"),
     }
     assert flat["train_buckets"] == [8, 16, 24, 32, 48, 64] and flat["eval_limit"] is None
     assert flat["compose_acc_targets"] == [1.25, 1.5, 1.75] and flat["exit_pooling"] == "mean"
@@ -273,6 +275,40 @@ def test_pair_flag(tmp_path, capsys):
 # Library pieces the demo relies on
 
 
+def _batch(index: list[int], rows: int, length: int) -> data.Batch:
+    ids = np.zeros((rows, length), np.int32)
+    valid = np.arange(rows) < len(index)
+    return data.Batch(
+        ids, ids, ids, np.zeros(rows, np.int32), valid, np.array(index + [-1] * (rows - len(index)))
+    )
+
+
+def test_fit_fractions_counts_each_segment_of_each_batch():
+    # test_bucket_fit's worked example through the demo's batches: two batches of 8 that
+    # route 1 and 2 of their rows fit (0, 3, 8), not the even (0, 4, 8).
+    batches = [_batch(list(range(8)), 8, 16), _batch(list(range(8, 16)), 8, 16)]
+    routed = np.isin(np.arange(16), [3, 9, 12])
+    fitted = fit_fractions(routed, batches, 8, 2, lambda t: [1.0])
+    assert bucket_sizes(8, fitted) == (0, 3, 8)
+    # A first segment that runs every row (an exit model's first layers) only ever needs
+    # the whole batch, which is always there: it leaves the fit where it was.
+    both = np.stack([np.ones(16, bool), routed])
+    assert fit_fractions(both, batches, 8, 2, lambda t: [5.0, 1.0]) == fitted
+    # Each batch weighs its rows times what one of its rows costs: a long batch that routes
+    # one row outweighs a short one that routes four (unweighted, the bucket sits at 4).
+    long_short = [_batch(list(range(8)), 8, 64), _batch(list(range(8, 16)), 8, 8)]
+    routed = np.isin(np.arange(16), [2, 8, 9, 10, 11])
+    by_length = fit_fractions(routed, long_short, 8, 2, lambda t: [t])
+    assert by_length == fitted_fractions([1, 4], [8, 8], 8, 2, [8 * 64, 8 * 8])
+    assert bucket_sizes(8, by_length) == (0, 2, 8)
+    assert bucket_sizes(8, fit_fractions(routed, long_short, 8, 2, lambda t: [1.0])) == (0, 4, 8)
+    # A padded last batch counts its valid rows only.
+    short = [_batch([0, 1, 2], 8, 16)]
+    assert fit_fractions(np.array([True, False, True]), short, 8, 1, lambda t: [1.0]) == (0, 1)
+    with pytest.raises(ValueError, match=r"row_cost gave \(1,\) costs for 2 segments"):
+        fit_fractions(both, batches, 8, 2, lambda t: [1.0])
+
+
 def test_time_against_reference_counts_and_ratios():
     calls = []
 
@@ -381,6 +417,16 @@ def test_tiny_end_to_end(tokenizer_dir, tmp_path, fast_compile):
         if r["kind"] != "reference":
             cal = r["calibration"]
             assert {"setting", "accuracy", "reference_accuracy", "target_met"} <= set(cal)
+    # The cascades', exits' and composed rows' buckets, fitted to the calibration split:
+    # as many sizes as configured (0 and the whole batch included), printed.
+    printed = "\n".join(lines).splitlines()
+    for r in result.rows:
+        if r["kind"] in ("cascade", "exits", "composed"):
+            n = config.cascade.buckets if r["kind"] == "cascade" else config.exits.exit_buckets
+            sizes = bucket_sizes(config.eval.batch_size, r["calibration"]["bucket_fractions"])
+            assert sizes[0] == 0 and sizes[-1] == config.eval.batch_size
+            assert len(set(sizes) - {0}) <= n, (r["method"], sizes)
+            assert f"  {r['method']}: {sizes}" in printed
     moe_row = next(r for r in result.rows if r["kind"] == "moe")
     assert moe_row["skipped"] == {"experts": 0.5}
     assert result.eval_rows is not None and len(result.eval_rows) == len(result.rows)

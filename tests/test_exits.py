@@ -123,6 +123,30 @@ def test_every_bucket_is_hit_and_matches_simulation(entropy_setup, pool):
     assert seen == {0, 2, 4, 8}
 
 
+def test_bucket_override_changes_only_the_rows_run(entropy_setup, pool):
+    # Buckets fitted elsewhere (e.g. to a calibration split) replace the config's for one
+    # step; the answers stay the simulation's, the packed sizes become the given ones.
+    me, logits, thr, step, _ = entropy_setup
+    ids, mask = pool
+    sim = simulate_exits(logits, me.exit_layers, "entropy", thr)
+    fitted = me.exit_step(B, bucket_fractions=(0.0, 3 / 8, 1.0))
+    assert fitted is not step and me.exit_step(B, bucket_fractions=(0.0, 3 / 8, 1.0)) is fitted
+    sizes = set()
+    for start in range(0, POOL - B + 1, B):
+        rows = np.arange(start, start + B)
+        out = fitted(_inputs(ids[rows], mask[rows]), threshold=thr)
+        np.testing.assert_array_equal(np.asarray(out.layers), sim.layers[rows])
+        np.testing.assert_array_equal(np.asarray(out.predictions), sim.predictions[rows])
+        used = np.asarray(out.buckets_used)[0]
+        # After exit k the rows leaving later than k still run.
+        running = [(sim.exit_index[rows] >= k).sum() for k in range(me.num_exits)]
+        np.testing.assert_array_equal(used, [min(s for s in (0, 3, 8) if s >= n) for n in running])
+        sizes |= set(used.tolist())
+    assert sizes <= {0, 3, 8} and 3 in sizes
+    with pytest.raises(ValueError, match=r"bucket fractions must lie in \[0, 1\], got 1.5"):
+        me.exit_step(B, bucket_fractions=(0.0, 1.5))
+
+
 def test_padding_rows_exit_first(entropy_setup, pool):
     me, _, _, step, _ = entropy_setup
     ids, mask = pool[0][:B], pool[1][:B]

@@ -52,7 +52,8 @@ from elang_jax.cascade import (
     TierConfig,
     calibrate_two_tier,
 )
-from elang_jax.core import bucket_sizes, fitted_fractions
+from elang_jax.core import bucket_sizes
+from elang_jax.demo._method import even_fractions, fit_fractions
 from elang_jax.engine import check_memory_maps
 from elang_jax.flops import classifier_flops
 from elang_jax.models import BertConfig
@@ -416,15 +417,12 @@ def _cascade_fractions(
     counts fall, or even (`PairEvalConfig.fit_cascade_buckets`)."""
     n = config.cascade_buckets
     if not config.fit_cascade_buckets:
-        return tuple(i / n for i in range(n + 1))
-    counts, rows, weights = [], [], []
-    for b in calib_batches:
-        idx = b["super"].index[b["super"].valid]
-        counts.append(int(escalated[idx].sum()))
-        rows.append(len(idx))
-        # A long batch's padding rows cost more Super FLOPs than a short one's.
-        weights.append(len(idx) * b["super"].input_ids.shape[1])
-    return fitted_fractions(counts, rows, config.batch_size, n, weights)
+        return even_fractions(n)
+    # A long batch's padding rows cost more Super FLOPs than a short one's: each batch
+    # weighs its rows times its padded length.
+    return fit_fractions(
+        escalated, [b["super"] for b in calib_batches], config.batch_size, n, lambda t: [t]
+    )
 
 
 @functools.cache

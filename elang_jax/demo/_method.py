@@ -3,7 +3,7 @@ decode gives, the calibration split every builder calibrates on (`Calibration`),
 reference rows (a model alone).
 
 Shape vocabulary: b batch rows, t padded length, c classes, v valid rows of a batch,
-n examples.
+n examples, s packed segments.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
+from numpy.typing import ArrayLike
 
 from elang_jax import data, flops, pruning
 from elang_jax.calibration import CalibrationTarget, OperatingPoint
+from elang_jax.core import fitted_fractions
 from elang_jax.demo._config import DemoConfig
 from elang_jax.models import BertForSequenceClassification
 from elang_jax.timing import logits_fn
@@ -123,6 +125,45 @@ def dataset_outputs(
         idx.append(b.index[b.valid])
         vals.append(np.asarray(fn(b))[b.valid])
     return data.restore_order(idx, vals, n)
+
+
+def even_fractions(n: int) -> tuple[float, ...]:
+    """Buckets of b/n, 2b/n, ..., b rows (and the empty one)."""
+    return tuple(i / n for i in range(n + 1))
+
+
+def fit_fractions(
+    running: Bool[np.ndarray, "*s n"],
+    batches: Sequence[data.Batch],
+    batch_size: int,
+    num_buckets: int,
+    row_cost: Callable[[int], ArrayLike],
+) -> tuple[float, ...]:
+    """Bucket fractions fitted to the rows a step runs on the calibration batches
+    (`elang_jax.core.fitted_fractions`), one set shared by every packed segment.
+
+    Args:
+      running: [s n] (or [n], one segment) whether example i runs packed segment s (Super
+        in a cascade; the layers up to each exit).
+      batches: the calibration batches (every example once).
+      batch_size: rows of the compiled step.
+      num_buckets: nonzero bucket sizes, the full batch included.
+      row_cost: padded length -> [s] what one row of each segment costs (FLOPs), so that
+        long batches and costly segments weigh more.
+    """
+    running = np.atleast_2d(np.asarray(running, bool))
+    counts, rows, weights = [], [], []
+    for b in batches:
+        idx = b.index[b.valid]
+        cost = np.asarray(row_cost(padded_length(b)), np.float64)
+        if cost.shape != (len(running),):
+            raise ValueError(f"row_cost gave {cost.shape} costs for {len(running)} segments")
+        counts.append(running[:, idx].sum(1))
+        rows.append(np.full(len(running), len(idx)))
+        weights.append(len(idx) * cost)
+    # [s nb] each, flattened: every (segment, batch) is one calibration count.
+    c, r, w = (np.stack(x, 1).ravel() for x in (counts, rows, weights))
+    return fitted_fractions(c, r, batch_size, num_buckets, w)
 
 
 def summarize(op: OperatingPoint, setting: Any, epsilon: float) -> dict[str, Any]:

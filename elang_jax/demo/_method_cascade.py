@@ -9,10 +9,18 @@ from typing import Any
 
 import numpy as np
 
-from elang_jax import flops
+from elang_jax import flops, routing
 from elang_jax.cascade import Cascade, Tier, TierConfig, calibrate_two_tier
 from elang_jax.demo._config import DemoConfig
-from elang_jax.demo._method import Calibration, Method, RowStats, padded_length, summarize
+from elang_jax.demo._method import (
+    Calibration,
+    Method,
+    RowStats,
+    even_fractions,
+    fit_fractions,
+    padded_length,
+    summarize,
+)
 from elang_jax.models import BertForSequenceClassification
 from elang_jax.routing import Score
 from elang_jax.timing import batch_inputs
@@ -28,7 +36,9 @@ def cascade(
     known: dict[str, Any] | None = None,
 ) -> Method:
     """A Swift -> Super cascade on Swift's `score` (E-LANG: "energy"; TangoBERT:
-    "max_prob"), its threshold calibrated on Swift's and Super's calibration logits."""
+    "max_prob"), its threshold calibrated on Swift's and Super's calibration logits, the
+    escalated rows' buckets fitted to where that threshold routes them there
+    (`cascade.fit_buckets`)."""
     if known is None:
         lengths = calib.encoded.lengths
         ratio = np.array(
@@ -48,14 +58,24 @@ def cascade(
         )
         threshold = float(op.setting[0])
         known = summarize(op, {"score": score, "threshold": threshold}, config.calibration.epsilon)
+        fractions = even_fractions(config.cascade.buckets)
+        if config.cascade.fit_buckets:
+            escalated = np.asarray(routing.score(score, calib.swift_logits)) < threshold
+            fractions = fit_fractions(
+                escalated,
+                calib.batches,
+                config.eval.batch_size,
+                config.cascade.buckets,
+                lambda t: [flops.classifier_flops(super_.config, t)],
+            )
+        known["bucket_fractions"] = list(fractions)
     threshold = float(known["setting"]["threshold"])
-    n = config.cascade.buckets
     built = Cascade(
         [
             Tier(swift, TierConfig(name="swift", score=Score(score), threshold=threshold)),
             Tier(super_, TierConfig(name="super")),
         ],
-        bucket_fractions=tuple(i / n for i in range(n + 1)),
+        bucket_fractions=tuple(known["bucket_fractions"]),
     )
     step = built.serving_step(config.eval.batch_size)
 

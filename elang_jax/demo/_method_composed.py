@@ -6,7 +6,7 @@ Shape vocabulary: v valid rows of a batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from elang_jax.demo._method import (
     Calibration,
     Method,
     RowStats,
+    even_fractions,
     head_flops,
     padded_length,
     summarize,
@@ -36,19 +37,22 @@ def composed_exits_acc(
     threshold and the keep schedule calibrated jointly. Each candidate schedule (one per
     `compose.acc_targets`, as ACC's) costs one pass over the calibration split with every
     exit's logits (`tick` is called with 1 after each batch); the thresholds are then
-    replayed offline."""
+    replayed offline, and the exit buckets fitted to the rows they run there
+    (`exits.fit_buckets`, `compose.fit_composed_buckets`)."""
     super_ = me.model
     cfg = super_.config
-    n = config.exits.exit_buckets
-    fractions = tuple(i / n for i in range(n + 1))
     acc = pruning.AccConfig.bert(variant=config.pruning.acc_variant)
 
-    def system(rate: float, threshold: float = np.inf) -> compose.ComposedClassifier:
+    def system(
+        rate: float,
+        threshold: float = np.inf,
+        fractions: Sequence[float] = even_fractions(config.exits.exit_buckets),
+    ) -> compose.ComposedClassifier:
         tier = compose.ComposedTierConfig.make(
             "super",
             exit_policy=exits.ExitPolicy.ENTROPY,
             exit_threshold=threshold,
-            exit_buckets=fractions,
+            exit_buckets=tuple(fractions),
             acc_rate=rate,
             acc=acc,
         )
@@ -65,12 +69,13 @@ def composed_exits_acc(
         )
         # The unpruned schedule is the multi-exit row's; keep it only if nothing else fits.
         schedules = schedules[1:] or schedules
-        grids = []
+        grids, outcomes = [], []
         for s in schedules:
             progress(f"keep schedule {s.rate:.3f}: every exit on the calibration split")
             sys_ = system(s.rate)
             outcome = compose.tier_outcomes(sys_, 0, calib.batches, len(calib.labels), tick)
             grids.append(compose.candidate_grid(sys_, [outcome], num=config.compose.grid))
+            outcomes.append(outcome)
         lengths = outcome.lengths
         reference_flops = float(sum(flops.classifier_flops(cfg, int(t)) for t in lengths))
         chosen = compose.calibrate_composed(
@@ -88,8 +93,14 @@ def composed_exits_acc(
             "rate": float(tier.acc_rate or 1.0),
         }
         known = summarize(chosen.point, setting, config.calibration.epsilon)
+        fitted = chosen.config
+        if config.exits.fit_buckets:
+            fitted = compose.fit_composed_buckets(
+                compose.ComposedClassifier([me], chosen.config), [outcomes[chosen.grid]]
+            )
+        known["bucket_fractions"] = list(fitted.tiers[0].exit_buckets)
     setting = known["setting"]
-    built = system(float(setting["rate"]), float(setting["threshold"]))
+    built = system(float(setting["rate"]), float(setting["threshold"]), known["bucket_fractions"])
     step = built.serving_step(config.eval.batch_size)
     schedule = pruning.KeepSchedule.from_speed(float(setting["rate"]), cfg.num_layers, acc)
     num_layers = cfg.num_layers

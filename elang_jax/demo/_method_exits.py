@@ -1,17 +1,19 @@
 """The demo's multi-exit row: Super with an exit head after every layer (DeeBERT's heads),
 exiting on the entropy policy.
 
-Shape vocabulary: v valid rows of a batch.
+Shape vocabulary: v valid rows of a batch, x exits.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flax import nnx
+from jaxtyping import Float
 
 from elang_jax import data, exits, flops
 from elang_jax.demo._config import DemoConfig
@@ -19,6 +21,8 @@ from elang_jax.demo._method import (
     Calibration,
     Method,
     RowStats,
+    even_fractions,
+    fit_fractions,
     head_flops,
     padded_length,
     summarize,
@@ -37,11 +41,11 @@ def exit_model(
 ) -> exits.MultiExit:
     """Super with an exit head after every layer, the heads trained on the frozen
     backbone's features of `fit` (DeeBERT's second stage) or loaded from `cache`."""
-    n = config.exits.exit_buckets
     me = exits.MultiExit(
         super_,
         exits.MultiExitConfig(
-            pooling=config.exits.exit_pooling, bucket_fractions=tuple(i / n for i in range(n + 1))
+            pooling=config.exits.exit_pooling,
+            bucket_fractions=even_fractions(config.exits.exit_buckets),
         ),
         rngs=nnx.Rngs(config.seed),
     )
@@ -58,6 +62,14 @@ def exit_model(
     return me
 
 
+def segment_flops(me: exits.MultiExit, t: int) -> Float[np.ndarray, " x"]:
+    """[x] FLOPs of one row through each segment of `me` at padded length `t`: the layers
+    since the previous exit, and the exit's head (pooler + classifier)."""
+    cfg = me.model.config
+    layers = np.diff((0, *me.exit_layers))
+    return layers * float(flops.encoder_layer_flops(cfg, t)) + float(head_flops(cfg))
+
+
 def multi_exit(
     me: exits.MultiExit,
     calib: Calibration,
@@ -66,7 +78,8 @@ def multi_exit(
     known: dict[str, Any] | None = None,
 ) -> Method:
     """Super exiting early (`exit_model`), the entropy policy's threshold calibrated on
-    the calibration split."""
+    the calibration split, the buckets of the rows still running fitted to where that
+    threshold lets them leave there (`exits.fit_buckets`)."""
     super_ = me.model
     buckets = data.LengthBuckets(config.eval.buckets)
     num_layers = super_.config.num_layers
@@ -78,10 +91,24 @@ def multi_exit(
         )
         setting = {"policy": "entropy", "threshold": float(op.setting)}
         known = summarize(op, setting, config.calibration.epsilon)
+        fractions = me.config.bucket_fractions
+        if config.exits.fit_buckets:
+            k = exits.simulate_exits(lg_cal, me.exit_layers, "entropy", op.setting).exit_index
+            fractions = fit_fractions(
+                # [x n]: segment j (the layers up to exit j) runs the examples leaving at j
+                # or later.
+                k[None] >= np.arange(me.num_exits)[:, None],
+                calib.batches,
+                config.eval.batch_size,
+                config.exits.exit_buckets,
+                functools.partial(segment_flops, me),
+            )
+        known["bucket_fractions"] = list(fractions)
     threshold = float(known["setting"]["threshold"])
     layers_at = np.asarray(me.exit_layers)
-    step = me.exit_step(config.eval.batch_size, "entropy")
-    cfg = super_.config
+    step = me.exit_step(
+        config.eval.batch_size, "entropy", bucket_fractions=known["bucket_fractions"]
+    )
     last = me.num_exits - 1
 
     def forward(batch):
@@ -92,8 +119,7 @@ def multi_exit(
         t = padded_length(batch)
         k = np.asarray(out.exit_index)[v]
         layers = layers_at[k]
-        # Layers run, plus one head (pooler + classifier) per exit the example passed.
-        cost = layers * float(flops.encoder_layer_flops(cfg, t)) + (k + 1) * float(head_flops(cfg))
+        cost = np.cumsum(segment_flops(me, t))[k]
         return RowStats(
             predictions=np.asarray(out.predictions)[v],
             flops=cost,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from elang_jax import jsonio
+from elang_jax.core import bucket_sizes
 
 SKIP_UNITS = ("inputs", "layers", "tokens", "experts")
 REFERENCE_METHODS = ("Super", "Swift")
@@ -94,6 +95,19 @@ def format_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
     if units:
         out.append("skipped: " + "; ".join(f"{k} = {SKIP_LEGEND[k]}" for k in units))
     return "\n".join(out)
+
+
+def format_buckets(methods: Sequence[Any], batch_size: int) -> str:
+    """Each row's compaction buckets (from `Method.calibration["bucket_fractions"]`) as the
+    row counts its step compiles for a batch of `batch_size`; "" when no row packs."""
+    lines = [
+        f"  {m.name}: {tuple(bucket_sizes(batch_size, m.calibration['bucket_fractions']))}"
+        for m in methods
+        if "bucket_fractions" in m.calibration
+    ]
+    if not lines:
+        return ""
+    return f"rows run per batch of {batch_size} (compaction buckets):\n" + "\n".join(lines)
 
 
 def write_json(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:

@@ -27,7 +27,7 @@ from elang_jax.demo._models import (
     fingerprint,
     load_tokenizer,
 )
-from elang_jax.demo._report import format_table, make_row, write_all
+from elang_jax.demo._report import format_buckets, format_table, make_row, write_all
 from elang_jax.demo._timing import measure, timing_subset
 from elang_jax.timing import logits_fn
 from elang_jax.training import classification_metrics
@@ -104,11 +104,12 @@ def compile_cache(cache: Path):
 
 def _calibration_key(config: DemoConfig, super_: FinetunedModel, swift: FinetunedModel) -> str:
     # Everything that can change a calibration outcome: both models, and every setting but
-    # the ones that only decide how results are timed or shown, or how a step packs its
-    # buckets (an example's output never depends on its batch). The exit buckets stay: the
-    # composed row is chosen by the FLOPs its buckets execute.
+    # the ones that only decide how results are timed or shown, or how the MoE step runs
+    # (an example's output never depends on its batch). The buckets stay: the outcomes hold
+    # the bucket sets fitted to the calibration split, and the composed row is chosen by
+    # the FLOPs its buckets execute.
     ignore = {"preset", "cache_dir", "timing_rounds", "timing_batches", "eval_limit", "progress"}
-    ignore |= {"cascade_buckets", "moe_impl"}
+    ignore |= {"moe_impl"}
     # Flat field names (`flat_json`): caches keyed before the config had sections still match.
     settings = {k: v for k, v in config.flat_json().items() if k not in ignore}
     return fingerprint(
@@ -372,6 +373,9 @@ def _run(
         echo("")
         echo(f"{name} on {config.task} dev:")
         echo(text)
+    if buckets := format_buckets(methods, config.eval.batch_size):
+        echo("")
+        echo(buckets)
     seconds = time.perf_counter() - t0
     finetune_info = {
         k: dict(dev_accuracy=v.dev_accuracy, seconds=v.seconds, cached=v.cached)

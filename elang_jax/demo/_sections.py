@@ -44,6 +44,12 @@ def _as_tuple(section: Any, *names: str) -> None:
         object.__setattr__(section, name, tuple(getattr(section, name)))
 
 
+def _flag(section: Any, *names: str) -> None:
+    for name in names:
+        if not isinstance(getattr(section, name), bool):
+            raise _fail(section, name, "must be true or false")
+
+
 def _lengths(section: Any, name: str) -> None:
     b = getattr(section, name)
     if not b or any(x < 1 for x in b) or list(b) != sorted(set(b)):
@@ -167,16 +173,21 @@ class CascadeSection:
     """The Swift -> Super cascades (E-LANG energy, TangoBERT max-prob).
 
     Attributes:
-      buckets: escalated inputs are packed into buckets of b/n, 2b/n, ..., b rows (plus the
-        empty bucket) for n = this.
+      buckets: escalated inputs are packed into at most this many bucket sizes (plus the
+        empty bucket).
+      fit_buckets: place them where the calibration split's escalated counts fall
+        (`elang_jax.core.fitted_fractions`: fewest Super FLOPs on average); False: even
+        ones of b/n, 2b/n, ..., b rows for n = `buckets`.
     """
 
     NAME: ClassVar[str] = "cascade"
 
     buckets: int = 4
+    fit_buckets: bool = True
 
     def __post_init__(self):
         _at_least_one(self, "buckets")
+        _flag(self, "fit_buckets")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -188,7 +199,10 @@ class ExitsSection:
         DeeBERT's second stage).
       epochs: epochs of exit-head training.
       exit_pooling: what the exit heads read: "mean" over tokens or "cls".
-      exit_buckets: like `cascade.buckets`, for the examples still running after each exit.
+      exit_buckets: like `cascade.buckets`, for the examples still running after each exit
+        (the multi-exit and the composed rows).
+      fit_buckets: like `cascade.fit_buckets`, from the rows each segment runs on the
+        calibration split once the row's thresholds are chosen.
     """
 
     NAME: ClassVar[str] = "exits"
@@ -197,9 +211,11 @@ class ExitsSection:
     epochs: float = 4.0
     exit_pooling: str = "mean"
     exit_buckets: int = 4
+    fit_buckets: bool = True
 
     def __post_init__(self):
         _at_least_one(self, "train_examples", "exit_buckets")
+        _flag(self, "fit_buckets")
         _positive(self, "epochs")
         if self.exit_pooling not in ("mean", "cls"):
             raise _fail(self, "exit_pooling", "must be 'mean' or 'cls'")

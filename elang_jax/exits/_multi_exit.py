@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -241,6 +242,7 @@ class MultiExit(nnx.Module):
         policy: ExitPolicy | str | None = None,
         *,
         mesh: Mesh | None = None,
+        bucket_fractions: Sequence[float] | None = None,
     ) -> CompiledStep:
         """The compiled `step(inputs, valid=None, threshold=None, patience=None)`, returning
         an `ExitStepOutput`.
@@ -252,13 +254,23 @@ class MultiExit(nnx.Module):
         size and policy; each reads the module's current parameters, temperatures and
         structure on every call. With a `mesh`, the rows are split over its "data" (and
         "expert") axes and each shard packs its own rows after each exit
-        (`elang_jax.engine.DataParallel`).
+        (`elang_jax.engine.DataParallel`). `bucket_fractions` overrides the config's (e.g.
+        ones fitted to a calibration split, `elang_jax.core.fitted_fractions`).
         """
         policy = ExitPolicy(self.config.policy if policy is None else policy)
+        fractions = self.config.bucket_fractions
+        if bucket_fractions is not None:  # validated as the config's are
+            fractions = dataclasses.replace(
+                self.config, bucket_fractions=tuple(float(f) for f in bucket_fractions)
+            ).bucket_fractions
         engines = self._steps.engines.setdefault(self, {})
-        if policy not in engines:
-            engines[policy] = StepEngine(_ExitProgram(self, policy), self.config.bucket_fractions)
-        return engines[policy].step(batch_size, mesh)
+        key = (policy, fractions)
+        if key not in engines:
+            engines[key] = StepEngine(_ExitProgram(self, policy), fractions)
+        return engines[key].step(batch_size, mesh)
+
+
+_EngineKey = tuple[ExitPolicy, tuple[float, ...]]
 
 
 class _StepCache:
@@ -270,7 +282,8 @@ class _StepCache:
     """
 
     def __init__(self):
-        self.engines: weakref.WeakKeyDictionary[MultiExit, dict[ExitPolicy, StepEngine]] = (
+        # module -> (policy, bucket fractions) -> its engine.
+        self.engines: weakref.WeakKeyDictionary[MultiExit, dict[_EngineKey, StepEngine]] = (
             weakref.WeakKeyDictionary()
         )
 
