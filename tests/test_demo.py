@@ -287,12 +287,12 @@ def test_fit_fractions_counts_each_segment_of_each_batch():
     # test_bucket_fit's worked example through the demo's batches: two batches of 8 that
     # route 1 and 2 of their rows fit (0, 3, 8), not the even (0, 4, 8).
     batches = [_batch(list(range(8)), 8, 16), _batch(list(range(8, 16)), 8, 16)]
-    routed = np.isin(np.arange(16), [3, 9, 12])
-    fitted = fit_fractions(routed, batches, 8, 2, lambda t: [1.0])
+    one_two = np.isin(np.arange(16), [3, 9, 12])
+    fitted = fit_fractions(one_two, batches, 8, 2, lambda t: [1.0])
     assert bucket_sizes(8, fitted) == (0, 3, 8)
     # A first segment that runs every row (an exit model's first layers) only ever needs
     # the whole batch, which is always there: it leaves the fit where it was.
-    both = np.stack([np.ones(16, bool), routed])
+    both = np.stack([np.ones(16, bool), one_two])
     assert fit_fractions(both, batches, 8, 2, lambda t: [5.0, 1.0]) == fitted
     # Each batch weighs its rows times what one of its rows costs: a long batch that routes
     # one row outweighs a short one that routes four (unweighted, the bucket sits at 4).
@@ -302,6 +302,12 @@ def test_fit_fractions_counts_each_segment_of_each_batch():
     assert by_length == fitted_fractions([1, 4], [8, 8], 8, 2, [8 * 64, 8 * 8])
     assert bucket_sizes(8, by_length) == (0, 2, 8)
     assert bucket_sizes(8, fit_fractions(routed, long_short, 8, 2, lambda t: [1.0])) == (0, 4, 8)
+    # Fitted for a binomial spread, (0, 5, 8) would run 5 rows where batches that route
+    # exactly 4 run 4 on the even set: the given set stays.
+    fours = np.isin(np.arange(16), [0, 1, 2, 3, 8, 9, 10, 11])
+    assert bucket_sizes(8, fit_fractions(fours, batches, 8, 2, lambda t: [1.0])) == (0, 5, 8)
+    assert fit_fractions(fours, batches, 8, 2, lambda t: [1.0], given=(0, 0.5, 1)) == (0, 0.5, 1)
+    assert fit_fractions(one_two, batches, 8, 2, lambda t: [1.0], given=(0, 0.5, 1)) == fitted
     # A padded last batch counts its valid rows only.
     short = [_batch([0, 1, 2], 8, 16)]
     assert fit_fractions(np.array([True, False, True]), short, 8, 1, lambda t: [1.0]) == (0, 1)

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike
 
 from elang_jax import data, flops, pruning
 from elang_jax.calibration import CalibrationTarget, OperatingPoint
-from elang_jax.core import fitted_fractions
+from elang_jax.core import bucket_sizes, fitted_fractions
 from elang_jax.demo._config import DemoConfig
 from elang_jax.models import BertForSequenceClassification
 from elang_jax.timing import logits_fn
@@ -138,9 +138,14 @@ def fit_fractions(
     batch_size: int,
     num_buckets: int,
     row_cost: Callable[[int], ArrayLike],
+    given: Sequence[float] | None = None,
 ) -> tuple[float, ...]:
     """Bucket fractions fitted to the rows a step runs on the calibration batches
     (`elang_jax.core.fitted_fractions`), one set shared by every packed segment.
+
+    The fit places the buckets for a binomial model of the counts, so on the calibration
+    batches themselves it can execute more than the set it replaces: `given` (the
+    configured set) is returned instead when it executes no more there.
 
     Args:
       running: [s n] (or [n], one segment) whether example i runs packed segment s (Super
@@ -150,6 +155,7 @@ def fit_fractions(
       num_buckets: nonzero bucket sizes, the full batch included.
       row_cost: padded length -> [s] what one row of each segment costs (FLOPs), so that
         long batches and costly segments weigh more.
+      given: the fractions the step would use without fitting; None: always the fitted.
     """
     running = np.atleast_2d(np.asarray(running, bool))
     counts, rows, weights = [], [], []
@@ -163,7 +169,16 @@ def fit_fractions(
         weights.append(len(idx) * cost)
     # [s nb] each, flattened: every (segment, batch) is one calibration count.
     c, r, w = (np.stack(x, 1).ravel() for x in (counts, rows, weights))
-    return fitted_fractions(c, r, batch_size, num_buckets, w)
+    fitted = fitted_fractions(c, r, batch_size, num_buckets, w)
+
+    def executed(fractions: Sequence[float]) -> float:
+        # Each (segment, batch) runs the smallest bucket holding its count, at its row cost.
+        sizes = np.asarray(bucket_sizes(batch_size, fractions))
+        return float((sizes[np.searchsorted(sizes, c)] * w / np.maximum(r, 1)).sum())
+
+    if given is not None and executed(given) <= executed(fitted):
+        return tuple(float(f) for f in given)
+    return fitted
 
 
 def summarize(op: OperatingPoint, setting: Any, epsilon: float) -> dict[str, Any]:

@@ -67,6 +67,7 @@ def cascade(
                 config.eval.batch_size,
                 config.cascade.buckets,
                 lambda t: [flops.classifier_flops(super_.config, t)],
+                given=fractions,
             )
         known["bucket_fractions"] = list(fractions)
     threshold = float(known["setting"]["threshold"])

@@ -102,6 +102,7 @@ def multi_exit(
                 config.eval.batch_size,
                 config.exits.exit_buckets,
                 functools.partial(segment_flops, me),
+                given=fractions,
             )
         known["bucket_fractions"] = list(fractions)
     threshold = float(known["setting"]["threshold"])
