@@ -99,6 +99,8 @@ def demo_config(args: argparse.Namespace):
         overrides["eval"] = {"timing_rounds": args.timing_rounds}
     if args.no_progress:
         overrides["progress"] = False
+    if args.even_buckets:
+        overrides.update(cascade={"fit_buckets": False}, exits={"fit_buckets": False})
     preset = DemoConfig.quick if args.quick else DemoConfig.full
     return preset(args.task, **overrides)
 
@@ -151,6 +153,7 @@ def _demo(args: argparse.Namespace) -> int:
                 cache_dir=args.cache_dir,
                 timing_rounds=args.timing_rounds,
                 progress=not args.no_progress,
+                even_buckets=args.even_buckets,
             )
             run_pair_demo(pair, out_dir=args.out, eval_file=args.eval_file)
         else:
@@ -215,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the large pair: a MiniLM-L6 Swift (distilled from Super) in front of a 12-layer "
         "MPNet-base Super, every cascade method, the composed pair, PyTorch peers (SST-2 or "
         "MRPC; over an hour the first time)",
+    )
+    demo.add_argument(
+        "--even-buckets",
+        action="store_true",
+        help="pack the rows a cascade or an exit routes into buckets of b/n, 2b/n, ..., b rows, "
+        "not into ones fitted to the calibration split",
     )
     demo.add_argument("--timing-rounds", type=int, help="interleaved timing rounds (median)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         "--even-buckets",
         action="store_true",
         help="buckets of b/n, 2b/n, ..., b rows instead of ones fitted to the calibration "
-        "split's escalated counts",
+        "split's routed counts (the cascades' and the composed rows')",
     )
     p.add_argument("--timing-rounds", type=int, default=3)
     p.add_argument("--timing-batches", type=int, default=None, help="default: every batch")
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         eval_limit=args.eval_limit,
         cascade_buckets=args.cascade_buckets,
         fit_cascade_buckets=not args.even_buckets,
+        composed=B.PairComposed(fit_buckets=not args.even_buckets),
         timing_rounds=args.timing_rounds,
         timing_batches=args.timing_batches,
     )

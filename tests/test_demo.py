@@ -211,6 +211,10 @@ def test_cli_parsing(tmp_path):
     args = build_parser().parse_args(["demo"])
     config = demo_config(args)
     assert config == DemoConfig.full("sst2")
+    assert config.cascade.fit_buckets and config.exits.fit_buckets
+    even = demo_config(build_parser().parse_args(["demo", "--even-buckets"]))
+    assert not even.cascade.fit_buckets and not even.exits.fit_buckets
+    assert even.replace(cascade={"fit_buckets": True}, exits={"fit_buckets": True}) == config
     args = build_parser().parse_args(
         [
             "demo",
@@ -257,7 +261,9 @@ def test_pair_flag(tmp_path, capsys):
     assert config.swift.finetune.train_examples is None
     assert config.plain_swift.train_examples is not None
     assert config.peers and config.guarantee_delta is not None and config.cascadebert
-    assert config.composed == PairComposed()
+    assert config.composed == PairComposed() and config.fit_cascade_buckets
+    even = pair_config(even_buckets=True)
+    assert not even.fit_cascade_buckets and even.composed == PairComposed(fit_buckets=False)
     quick = pair_config(quick=True, timing_rounds=2)
     assert quick.eval_limit == 128 and quick.timing_rounds == 2 and not quick.peers
     mrpc = pair_config("mrpc", cache_dir=tmp_path)

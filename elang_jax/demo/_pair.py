@@ -18,6 +18,7 @@ from typing import Any
 
 from elang_jax import jsonio
 from elang_jax.benchmarks import (
+    PairComposed,
     PairEvalConfig,
     evaluate_pair,
     finetune_pair,
@@ -35,11 +36,15 @@ def pair_config(
     cache_dir: str | os.PathLike[str] | None = None,
     timing_rounds: int | None = None,
     progress: bool = True,
+    even_buckets: bool = False,
 ) -> PairEvalConfig:
     """The pair demo's config: the distilled Swift, every method at both targets, the
     PyTorch peers; `quick` evaluates the same models on 128 dev examples, one timing round,
-    without the guarantee rows and the peers."""
+    without the guarantee rows and the peers. `even_buckets`: evenly spaced buckets for the
+    cascades and the composed rows, not ones fitted to the calibration split."""
     kw: dict[str, Any] = dict(task=task, distill=True, progress=progress)
+    if even_buckets:
+        kw.update(fit_cascade_buckets=False, composed=PairComposed(fit_buckets=False))
     if cache_dir is not None:
         kw["cache_dir"] = os.fspath(Path(cache_dir).expanduser())
     if quick:
